@@ -1,0 +1,9 @@
+"""Errors that are the user's to fix: the CLI prints them as one line and exits with code 2."""
+
+
+class UserError(Exception):
+    """Bad input (config, data, weights, command line). The message names the file, key or id."""
+
+
+class RunFailed(Exception):
+    """A run stopped for a reason recorded in its FAILED marker (e.g. a non-finite loss)."""

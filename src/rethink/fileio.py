@@ -1,0 +1,106 @@
+"""Crash-safe file writes: everything a later step reads is written to a temporary file and renamed.
+
+A SIGKILL at any moment leaves either the old file or the new one, never a truncated one.
+"""
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+
+def _fsync_dir(directory: Path) -> None:
+    # The rename is only durable once the directory entry is flushed too.
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write_bytes(path, data: bytes) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    _fsync_dir(path.parent)
+
+
+def atomic_write_text(path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path, obj) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def atomic_save_with(path, save_fn) -> None:
+    """Atomically write a file produced by `save_fn(tmp_path)` (torch.save, safetensors' save_file...)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        save_fn(tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    _fsync_dir(path.parent)
+
+
+def read_json(path):
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def read_jsonl(path) -> list:
+    """Read a JSON-lines file, dropping a last line cut short by a crash."""
+    rows = []
+    path = Path(path)
+    if not path.exists():
+        return rows
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            if not line.endswith("\n"):
+                break  # partial write from a killed process
+            line = line.strip()
+            if line:
+                rows.append(json.loads(line))
+    return rows
+
+
+def append_jsonl(path, obj) -> None:
+    # One write call per line, flushed: a crash can at most leave one partial last line, which read_jsonl drops.
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(obj, sort_keys=True) + "\n")
+        f.flush()
+
+
+def check_free_space(directory, needed_bytes: int, what: str) -> None:
+    from rethink.errors import UserError
+
+    free = shutil.disk_usage(directory).free
+    if free < needed_bytes:
+        raise UserError(
+            f"{directory}: only {free / 2**20:.0f} MiB free, {what} needs about {needed_bytes / 2**20:.0f} MiB; "
+            "free some space and run the same command again (nothing was lost)"
+        )
