@@ -7,3 +7,7 @@ class UserError(Exception):
 
 class RunFailed(Exception):
     """A run stopped for a reason recorded in its FAILED marker (e.g. a non-finite loss)."""
+
+
+class Interrupted(Exception):
+    """SIGINT/SIGTERM: a checkpoint was saved and the work stopped; the same command resumes it."""

@@ -1,0 +1,228 @@
+"""Command line: parse arguments, call one function per command, turn errors into exit codes.
+
+Exit codes: 0 done, 2 bad input (one line on stderr, no traceback), 1 anything else (a failed run says why;
+an unexpected error keeps its traceback, which is a bug report).
+"""
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from rethink.errors import Interrupted, RunFailed, UserError
+
+
+def _add_overrides(p):
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key, e.g. --set solver.schedule=2x (repeatable)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="rethink", description="Do you need ImageNet pre-training? "
+                                     "Train the same detector from random and pretrained init and compare.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train one detector (resumes an unfinished run in --out)")
+    p.add_argument("config")
+    p.add_argument("--out", required=True)
+    p.add_argument("--nproc", type=int, default=1, help="processes on this machine (wraps torchrun)")
+    p.add_argument("--no-progress", action="store_true")
+    _add_overrides(p)
+
+    p = sub.add_parser("eval", help="evaluate saved weights on the config's validation set")
+    p.add_argument("config")
+    p.add_argument("--weights", required=True, help="a checkpoint from a run (checkpoints/iter_*.pt)")
+    _add_overrides(p)
+
+    p = sub.add_parser("check-data", help="validate the datasets a config points to")
+    p.add_argument("config")
+    p.add_argument("--deep", action="store_true", help="decode every image (finds truncated files)")
+    _add_overrides(p)
+
+    p = sub.add_parser("data", help="datasets")
+    data_sub = p.add_subparsers(dest="data_command", required=True)
+    q = data_sub.add_parser("synth", help="generate the bundled offline benchmark")
+    q.add_argument("--out", required=True)
+    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--scale", default="demo")
+
+    p = sub.add_parser("pretrain", help="supervised classification pre-training of a backbone")
+    p.add_argument("config")
+    p.add_argument("--out", required=True)
+    p.add_argument("--no-progress", action="store_true")
+    _add_overrides(p)
+
+    p = sub.add_parser("plan", help="print the runs of a study, its forks and the iterations saved")
+    p.add_argument("study")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--img-per-s", type=float, default=None, help="throughput for the GPU-hours estimate")
+
+    p = sub.add_parser("study", help="run what is missing of a study, then write its report")
+    p.add_argument("study")
+    p.add_argument("--out", required=True)
+    p.add_argument("--executor", choices=["local", "torchrun", "slurm"], default="local")
+    p.add_argument("--jobs", type=int, default=None, help="local: runs side by side (default: from the core count)")
+    p.add_argument("--nproc", type=int, default=1, help="torchrun: processes per run")
+    p.add_argument("--slurm-partition", default=None)
+    p.add_argument("--slurm-gpus-per-node", type=int, default=8)
+    p.add_argument("--slurm-time-min", type=int, default=4320)
+    p.add_argument("--slurm-folder", default=None)
+    p.add_argument("--no-progress", action="store_true")
+
+    p = sub.add_parser("status", help="the state of each run of a study directory")
+    p.add_argument("dir")
+
+    p = sub.add_parser("report", help="write DIR/report/ (figures, tables, statistics, verdict)")
+    p.add_argument("dir")
+
+    p = sub.add_parser("demo", help="the whole pipeline on the bundled benchmark, on a CPU, in minutes")
+    p.add_argument("--out", default="runs/demo")
+    p.add_argument("--quick", action="store_true", help="a much shorter version (checks the pipeline)")
+    return parser
+
+
+def _load(args):
+    from rethink.config import load_config, resolve_paths
+
+    return resolve_paths(load_config(args.config, args.overrides))
+
+
+def cmd_train(args) -> int:
+    if args.nproc > 1:
+        from rethink.engine.launch import run_torchrun
+
+        argv = ["train", args.config, "--out", args.out] + [a for o in args.overrides for a in ("--set", o)]
+        if args.no_progress:
+            argv.append("--no-progress")
+        return run_torchrun(args.nproc, argv)
+    from rethink.engine.train import train
+
+    final = train(_load(args), Path(args.out), progress=not args.no_progress)
+    _print_final(args.out, final)
+    return 0
+
+
+def _print_final(out, final: dict) -> None:
+    from rethink.engine import distributed
+
+    if distributed.is_main():
+        best = final.get("best") or {}
+        print(f"{out}: done, {final['iters']} iterations, bbox/AP {final['final'].get('bbox/AP', float('nan')):.2f} "
+              f"(best {best.get('bbox/AP', float('nan')):.2f} at {final.get('best_iter')}), "
+              f"{final['wall_time_s']:.0f} s")
+
+
+def cmd_eval(args) -> int:
+    from rethink.engine.run_eval import evaluate_weights
+
+    metrics = evaluate_weights(_load(args), Path(args.weights))
+    print(json.dumps(metrics, indent=2, sort_keys=True))
+    return 0
+
+
+def cmd_check_data(args) -> int:
+    from rethink.data.validate import check_coco, check_train_size
+
+    cfg = _load(args)
+    masks = cfg.model.detector == "mask_rcnn"
+    decode = True if args.deep else None
+    for role, split in (("train", cfg.data.train), ("val", cfg.data.val)):
+        check = check_coco(Path(split.images), Path(split.annotations), role=role, require_masks=masks,
+                           decode_images=decode)
+        print(f"[{role}] {check.summary()}")
+        if role == "train":
+            n = check_train_size(check, cfg.data.train_size)
+            print(f"[train] data.train_size={cfg.data.train_size}: {n} training images")
+    print("data OK")
+    return 0
+
+
+def cmd_data(args) -> int:
+    from rethink.synth import write_benchmark
+
+    manifest = write_benchmark(Path(args.out), seed=args.seed, scale=args.scale)
+    print(f"{args.out}: benchmark ready ({json.dumps(manifest.get('counts', {}))})")
+    return 0
+
+
+def cmd_pretrain(args) -> int:
+    from rethink.engine.pretrain import load_pretrain_config, pretrain
+
+    record = pretrain(load_pretrain_config(args.config, args.overrides), Path(args.out),
+                      progress=not args.no_progress)
+    print(f"{args.out}: backbone.safetensors written, val top-1 {record['top1']:.1f}%, "
+          f"{record['images_seen']} images, {record['wall_time_s']:.0f} s")
+    return 0
+
+
+def cmd_plan(args) -> int:
+    from rethink.study.plan import load_study, plan_summary, print_plan
+
+    study = load_study(Path(args.study))
+    summary = plan_summary(study, img_per_s=args.img_per_s)
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        print_plan(summary)
+    return 0
+
+
+def cmd_study(args) -> int:
+    from rethink.study.run import run_study
+
+    return run_study(Path(args.study), Path(args.out), executor=args.executor, jobs=args.jobs, nproc=args.nproc,
+                     slurm=dict(partition=args.slurm_partition, gpus_per_node=args.slurm_gpus_per_node,
+                                time_min=args.slurm_time_min, folder=args.slurm_folder),
+                     progress=not args.no_progress)
+
+
+def cmd_status(args) -> int:
+    from rethink.study.store import print_status
+
+    return print_status(Path(args.dir))
+
+
+def cmd_report(args) -> int:
+    from rethink.report.render import write_report
+
+    path = write_report(Path(args.dir))
+    print(f"report: {path}")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from rethink.demo import run_demo
+
+    return run_demo(Path(args.out), quick=args.quick)
+
+
+COMMANDS = {
+    "train": cmd_train, "eval": cmd_eval, "check-data": cmd_check_data, "data": cmd_data, "pretrain": cmd_pretrain,
+    "plan": cmd_plan, "study": cmd_study, "status": cmd_status, "report": cmd_report, "demo": cmd_demo,
+}
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except UserError as e:
+        print(f"rethink: error: {e}", file=sys.stderr)
+        return 2
+    except RunFailed as e:
+        print(f"rethink: run failed: {e}", file=sys.stderr)
+        return 1
+    except Interrupted as e:
+        print(f"rethink: {e}", file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:
+        print("rethink: interrupted", file=sys.stderr)
+        return 130
+    finally:
+        from rethink.engine import distributed
+
+        distributed.destroy()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

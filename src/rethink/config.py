@@ -1,0 +1,383 @@
+"""Run configuration: YAML -> frozen dataclasses, `--set key=value` overrides, validation with key paths.
+
+One YAML file describes one run completely; there is no inheritance or interpolation. The two arms of the
+paper's comparison are two configs that differ in exactly one key: `init`.
+"""
+
+import dataclasses
+import math
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from rethink.errors import UserError
+from rethink import schedule as sched
+
+DETECTORS = ("faster_rcnn", "mask_rcnn")
+NORMS = ("gn", "bn", "frozen_bn", "syncbn")
+TORCHVISION_RESNETS = ("resnet18", "resnet34", "resnet50", "resnet101")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    detector: str = "faster_rcnn"  # faster_rcnn | mask_rcnn
+    backbone: str = "resnet50"  # tiny | resnet18/34/50/101 | timm:<model_name>
+    norm: str = "gn"  # gn | bn | frozen_bn | syncbn: used in every layer (backbone, FPN, box and mask heads)
+    freeze_at: int = 0  # 0: nothing frozen; 1: stem; 2: stem + res2; ... (detectron2's meaning)
+    gn_groups: int = 32  # upper bound; narrow layers use fewer (see models.backbone.gn_groups)
+    tiny_widths: tuple[int, ...] = (16, 32, 64, 128)  # `tiny` backbone: channels of res2..res5
+    tiny_depths: tuple[int, ...] = (1, 1, 1, 1)  # `tiny` backbone: BasicBlocks per stage
+    fpn_channels: int = 256
+    box_head_conv_dim: int = 256  # the 4conv1fc head of the paper
+    box_head_num_conv: int = 4
+    box_head_fc_dim: int = 1024
+    mask_head_conv_dim: int = 256  # the 4conv mask head
+    mask_head_num_conv: int = 4
+    anchor_sizes: tuple[int, ...] = (32, 64, 128, 256, 512)  # one per FPN level (P2..P6)
+    aspect_ratios: tuple[float, ...] = (0.5, 1.0, 2.0)
+    rpn_batch_size_per_image: int = 256
+    rpn_pre_nms_top_n_train: int = 2000
+    rpn_post_nms_top_n_train: int = 1000
+    rpn_pre_nms_top_n_test: int = 1000
+    rpn_post_nms_top_n_test: int = 1000
+    box_batch_size_per_image: int = 512
+    box_detections_per_img: int = 100
+    box_score_thresh: float = 0.05
+
+
+@dataclass(frozen=True)
+class SplitConfig:
+    images: str = ""
+    annotations: str = ""
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    train: SplitConfig = field(default_factory=SplitConfig)
+    val: SplitConfig = field(default_factory=SplitConfig)
+    train_size: int | str = "full"  # `full` or N: the first N images of a seeded permutation (nested subsets)
+    subset_seed: int = 0  # the permutation behind train_size; independent of `seed` so every seed sees the same set
+    val_size: int | str = "full"  # evaluate on the first N validation images (sorted by id)
+    min_size_train: tuple[int, ...] = (800,)  # shorter side; several values = scale augmentation
+    max_size: int = 1333
+    min_size_test: int = 800
+    hflip_prob: float = 0.5
+    num_workers: int = 0
+    cache_images: str = "auto"  # auto | yes | no: keep decoded images in memory (small datasets)
+
+
+@dataclass(frozen=True)
+class SolverConfig:
+    schedule: str = "1x"
+    iters_1x: int = 90000  # the 1x length at solver.batch_size
+    batch_size: int = 16  # global batch (all processes together)
+    base_lr: float = 0.02  # for a batch of 16; scaled linearly to batch_size
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    weight_decay_norm: float = 0.0  # norm layers and biases
+    warmup_iters: int = 1000
+    warmup_factor: float = 0.001
+    gamma: float = 0.1
+    amp: bool = True  # mixed precision on CUDA (bf16 where supported); ignored on CPU
+    max_nonfinite_skips: int = 0  # steps with a non-finite loss that may be skipped (counted) before failing
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    solver: SolverConfig = field(default_factory=SolverConfig)
+    init: str = "random"  # random | imagenet | path to backbone weights (.safetensors, or a torch file)
+    seed: int = 0
+    eval_period: int = 0  # evaluate every N iterations (0: only at the end)
+    log_period: int = 20
+    checkpoint_period: int = 5000
+    keep_checkpoints: int = 2  # the last N periodic checkpoints are kept, plus fork points
+    device: str = "auto"  # auto | cpu | cuda
+    threads: int = 0  # torch intra-op threads (0: torch's default)
+    deterministic: bool = False  # bitwise-reproducible runs (resume tests, forks); slower on GPU
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# dict <-> dataclass with type checks
+
+
+def _type_name(tp) -> str:
+    return getattr(tp, "__name__", str(tp)).replace("typing.", "")
+
+
+def _convert(value, tp, key: str):
+    """Check/convert one YAML value against a dataclass field type; errors name the key path."""
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise UserError(f"{key}: expected a mapping of {tp.__name__} keys, got {type(value).__name__}")
+        return _from_dict(tp, value, key)
+    if origin in (typing.Union, types.UnionType):
+        errors = []
+        for option in typing.get_args(tp):
+            try:
+                return _convert(value, option, key)
+            except UserError as e:
+                errors.append(str(e))
+        names = " or ".join(_type_name(t) for t in typing.get_args(tp))
+        raise UserError(f"{key}: expected {names}, got {value!r}")
+    if origin is tuple:
+        (item_tp, _) = typing.get_args(tp)
+        if isinstance(value, (int, float, str)) and not isinstance(value, bool):
+            value = [value]
+        if not isinstance(value, (list, tuple)):
+            raise UserError(f"{key}: expected a list, got {type(value).__name__}")
+        return tuple(_convert(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value))
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise UserError(f"{key}: expected true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise UserError(f"{key}: expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise UserError(f"{key}: expected a number, got {value!r}")
+        if not math.isfinite(value):
+            raise UserError(f"{key}: expected a finite number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise UserError(f"{key}: expected a string, got {value!r}")
+        return value
+    raise TypeError(f"unsupported config type {tp} at {key}")
+
+
+def _from_dict(cls, data: dict, prefix: str = ""):
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    for k in data:
+        if k not in names:
+            path = f"{prefix}.{k}" if prefix else str(k)
+            raise UserError(f"{path}: unknown key (known: {', '.join(sorted(names))})")
+    kwargs = {}
+    for name in names:
+        if name in data:
+            path = f"{prefix}.{name}" if prefix else name
+            kwargs[name] = _convert(data[name], hints[name], path)
+    return cls(**kwargs)
+
+
+def to_dict(cfg) -> dict:
+    """Plain nested dict (tuples as lists) for YAML/JSON."""
+
+    def plain(v):
+        if isinstance(v, tuple):
+            return [plain(x) for x in v]
+        if isinstance(v, dict):
+            return {k: plain(x) for k, x in v.items()}
+        return v
+
+    return plain(dataclasses.asdict(cfg))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# loading, overrides, validation
+
+
+def read_yaml(path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: config file not found")
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = yaml.safe_load(f)  # safe_load: a config never constructs Python objects
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        raise UserError(f"{path}: not valid YAML{where}: {getattr(e, 'problem', e)}") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: expected a mapping of config keys at the top level")
+    return data
+
+
+def parse_override(text: str) -> tuple[str, object]:
+    if "=" not in text:
+        raise UserError(f"--set {text}: expected KEY=VALUE, e.g. --set solver.schedule=2x")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    if not key:
+        raise UserError(f"--set {text}: empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key, value
+
+
+def set_key(data: dict, key: str, value) -> None:
+    """Set a dotted key in a nested dict; unknown keys are caught later by the dataclass check."""
+    parts = key.split(".")
+    node = data
+    for i, part in enumerate(parts[:-1]):
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            raise UserError(f"{'.'.join(parts[: i + 1])}: is a value, cannot set {key}")
+        node = child
+    node[parts[-1]] = value
+
+
+def get_key(data: dict, key: str):
+    node = data
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
+def config_from_dict(data: dict, overrides=(), source: str = "config") -> "RunConfig":
+    data = _deepcopy(data)
+    for item in overrides:
+        key, value = parse_override(item) if isinstance(item, str) else item
+        set_key(data, key, value)
+    cfg = _from_dict(RunConfig, data)
+    validate(cfg)
+    return cfg
+
+
+def load_config(path, overrides=()) -> "RunConfig":
+    return config_from_dict(read_yaml(path), overrides, source=str(path))
+
+
+def _deepcopy(data):
+    if isinstance(data, dict):
+        return {k: _deepcopy(v) for k, v in data.items()}
+    if isinstance(data, list):
+        return [_deepcopy(v) for v in data]
+    return data
+
+
+def validate(cfg: RunConfig) -> None:
+    """Impossible values fail here, with the key path, before anything is built or trained."""
+    m, d, s = cfg.model, cfg.data, cfg.solver
+    if m.detector not in DETECTORS:
+        raise UserError(f"model.detector: '{m.detector}' is not one of {', '.join(DETECTORS)}")
+    if m.norm not in NORMS:
+        raise UserError(f"model.norm: '{m.norm}' is not one of {', '.join(NORMS)}")
+    if not (m.backbone == "tiny" or m.backbone in TORCHVISION_RESNETS or m.backbone.startswith("timm:")):
+        raise UserError(
+            f"model.backbone: '{m.backbone}' is not one of tiny, {', '.join(TORCHVISION_RESNETS)}, timm:<model_name>"
+        )
+    if m.backbone.startswith("timm:") and len(m.backbone) == len("timm:"):
+        raise UserError("model.backbone: 'timm:' needs a model name, e.g. timm:resnet50")
+    if not 0 <= m.freeze_at <= 5:
+        raise UserError(f"model.freeze_at: {m.freeze_at} must be between 0 (nothing frozen) and 5")
+    if m.backbone == "tiny":
+        if len(m.tiny_widths) != 4 or len(m.tiny_depths) != 4:
+            raise UserError("model.tiny_widths / model.tiny_depths: need 4 values each (res2..res5)")
+        if any(w <= 0 for w in m.tiny_widths) or any(n <= 0 for n in m.tiny_depths):
+            raise UserError("model.tiny_widths / model.tiny_depths: values must be positive")
+    if len(m.anchor_sizes) != 5:
+        raise UserError(f"model.anchor_sizes: need 5 sizes (one per FPN level P2..P6), got {len(m.anchor_sizes)}")
+    for name in ("fpn_channels", "box_head_conv_dim", "box_head_fc_dim", "mask_head_conv_dim", "gn_groups",
+                 "rpn_batch_size_per_image", "box_batch_size_per_image", "box_detections_per_img"):
+        if getattr(m, name) <= 0:
+            raise UserError(f"model.{name}: must be positive, got {getattr(m, name)}")
+    if m.box_head_num_conv < 0 or m.mask_head_num_conv < 1:
+        raise UserError("model.box_head_num_conv must be >= 0 and model.mask_head_num_conv >= 1")
+    if not 0 <= m.box_score_thresh < 1:
+        raise UserError(f"model.box_score_thresh: {m.box_score_thresh} must be in [0, 1)")
+
+    for split in ("train", "val"):
+        sc = getattr(d, split)
+        if not sc.images or not sc.annotations:
+            raise UserError(f"data.{split}: needs both `images` (a folder) and `annotations` (a COCO JSON file)")
+    for key, value in (("data.train_size", d.train_size), ("data.val_size", d.val_size)):
+        if isinstance(value, str) and value != "full":
+            raise UserError(f"{key}: '{value}' must be `full` or a positive number of images")
+        if isinstance(value, int) and value <= 0:
+            raise UserError(f"{key}: {value} must be a positive number of images (or `full`)")
+    if not d.min_size_train or any(v <= 0 for v in d.min_size_train) or d.min_size_test <= 0 or d.max_size <= 0:
+        raise UserError("data.min_size_train / min_size_test / max_size: sizes must be positive")
+    if not 0 <= d.hflip_prob <= 1:
+        raise UserError(f"data.hflip_prob: {d.hflip_prob} must be in [0, 1]")
+    if d.num_workers < 0:
+        raise UserError(f"data.num_workers: {d.num_workers} must be >= 0")
+    if d.cache_images not in ("auto", "yes", "no"):
+        raise UserError(f"data.cache_images: '{d.cache_images}' must be auto, yes or no")
+
+    factor = sched.parse_schedule(s.schedule)
+    if s.iters_1x <= 0:
+        raise UserError(f"solver.iters_1x: {s.iters_1x} must be positive")
+    if s.batch_size <= 0:
+        raise UserError(f"solver.batch_size: {s.batch_size} must be positive")
+    if s.base_lr <= 0:
+        raise UserError(f"solver.base_lr: {s.base_lr} must be positive")
+    if not 0 <= s.momentum < 1:
+        raise UserError(f"solver.momentum: {s.momentum} must be in [0, 1)")
+    if s.weight_decay < 0 or s.weight_decay_norm < 0:
+        raise UserError("solver.weight_decay / weight_decay_norm: must be >= 0")
+    if s.warmup_iters < 0 or not 0 < s.warmup_factor <= 1:
+        raise UserError("solver.warmup_iters must be >= 0 and solver.warmup_factor in (0, 1]")
+    if not 0 < s.gamma <= 1:
+        raise UserError(f"solver.gamma: {s.gamma} must be in (0, 1]")
+    if s.max_nonfinite_skips < 0:
+        raise UserError("solver.max_nonfinite_skips: must be >= 0")
+    sched.check_schedule(factor, s.iters_1x, s.warmup_iters)
+
+    if not cfg.init:
+        raise UserError("init: must be random, imagenet, or a path to backbone weights")
+    if cfg.eval_period < 0 or cfg.log_period <= 0 or cfg.checkpoint_period <= 0:
+        raise UserError("eval_period must be >= 0, log_period and checkpoint_period > 0")
+    if cfg.keep_checkpoints < 1:
+        raise UserError("keep_checkpoints: must be >= 1 (the last checkpoint is what a resume starts from)")
+    if cfg.device not in ("auto", "cpu", "cuda"):
+        raise UserError(f"device: '{cfg.device}' must be auto, cpu or cuda")
+    if cfg.threads < 0:
+        raise UserError("threads: must be >= 0")
+
+
+def total_iters(cfg: RunConfig) -> int:
+    return sched.total_iters(sched.parse_schedule(cfg.solver.schedule), cfg.solver.iters_1x)
+
+
+def drop_iters(cfg: RunConfig) -> tuple[int, int]:
+    return sched.drop_iters(sched.parse_schedule(cfg.solver.schedule), cfg.solver.iters_1x)
+
+
+def resolve_paths(cfg: RunConfig, base: Path | None = None) -> RunConfig:
+    """Make data paths and a weights path absolute, so a run dir records exactly what it read."""
+    base = Path(base) if base else Path.cwd()
+
+    def absolute(p: str) -> str:
+        return str((base / p).resolve()) if p and not Path(p).is_absolute() else p
+
+    data = dataclasses.replace(
+        cfg.data,
+        train=SplitConfig(absolute(cfg.data.train.images), absolute(cfg.data.train.annotations)),
+        val=SplitConfig(absolute(cfg.data.val.images), absolute(cfg.data.val.annotations)),
+    )
+    init = cfg.init if cfg.init in ("random", "imagenet") else absolute(cfg.init)
+    return dataclasses.replace(cfg, data=data, init=init)
+
+
+def dump_yaml(cfg: RunConfig) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+
+
+def diff(a: dict, b: dict, prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two nested dicts."""
+    keys = []
+    for k in sorted(set(a) | set(b)):
+        path = f"{prefix}.{k}" if prefix else k
+        va, vb = a.get(k), b.get(k)
+        if isinstance(va, dict) and isinstance(vb, dict):
+            keys += diff(va, vb, path)
+        elif va != vb:
+            keys.append(path)
+    return keys
