@@ -79,7 +79,7 @@ def tiny_config_dict(data_root: Path, **solver) -> dict:
                     "annotations": str(data_root / "val" / "annotations.json")},
             "min_size_train": [64], "max_size": 64, "min_size_test": 64,
         },
-        "solver": {"schedule": "1x", "iters_1x": 12, "batch_size": 4, "base_lr": 0.08, "warmup_iters": 2,
+        "solver": {"schedule": "1x", "iters_1x": 12, "batch_size": 4, "base_lr": 0.16, "warmup_iters": 2,
                    "warmup_factor": 0.1, **solver},
         "seed": 0, "eval_period": 4, "log_period": 2, "checkpoint_period": 4, "threads": 1, "deterministic": True,
     }
@@ -90,3 +90,33 @@ def coco_data(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("coco")
     make_coco(root)
     return root
+
+
+def write_config(path: Path, data: dict) -> Path:
+    import yaml
+
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def run_cli(*args, cwd=None, timeout=600):
+    """Run `python -m rethink ...` as a user would; returns the CompletedProcess."""
+    import subprocess
+    import sys
+
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    return subprocess.run([sys.executable, "-m", "rethink", *map(str, args)], capture_output=True, text=True,
+                          cwd=cwd, env=env, timeout=timeout)
+
+
+def eval_rows(run_dir: Path) -> list[dict]:
+    from rethink.fileio import read_jsonl
+
+    return [r for r in read_jsonl(run_dir / "metrics.jsonl") if r["type"] == "eval"]
+
+
+def same(a, b) -> bool:
+    """Equality of metric dicts where NaN equals NaN (COCO reports NaN for absent object sizes)."""
+    import json
+
+    return json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)

@@ -68,7 +68,7 @@ _SOURCE_TRAIN, _SOURCE_VAL, _TARGET_TRAIN, _TARGET_VAL = 0, 1, 2, 3
 
 # Source images are drawn at twice their size and averaged down: shapes get anti-aliased edges,
 # as photographs have, and thin outlines survive at 32 px.
-_SUPERSAMPLE = 2
+_SUPERSAMPLE = 2  # source_image's block average assumes 2
 
 
 @dataclass(frozen=True)
@@ -417,15 +417,24 @@ assert tuple(_SOURCE_DRAW) == SOURCE_CLASSES
 # Colours and backgrounds.
 
 
-def _smooth_field(rng: np.random.Generator, size: int, cells: int) -> np.ndarray:
-    """Low-frequency noise in [-1, 1]-ish: a coarse random grid, bilinearly upsampled."""
-    coarse = rng.normal(size=(cells + 1, cells + 1, 3)).astype(np.float32)
-    t = np.linspace(0, cells, size, dtype=np.float32)
+@lru_cache(maxsize=16)
+def _bilinear_weights(size: int, cells: int) -> np.ndarray:
+    """(size, cells + 1) weights that linearly interpolate cells + 1 grid values onto size pixels."""
+    t = np.linspace(0, cells, size)
     i0 = np.minimum(t.astype(np.int64), cells - 1)
     f = t - i0
-    fy, fx = f[:, None, None], f[None, :, None]
-    rows = coarse[i0] * (1 - fy) + coarse[i0 + 1] * fy  # (size, cells + 1, 3)
-    return rows[:, i0] * (1 - fx) + rows[:, i0 + 1] * fx
+    w = np.zeros((size, cells + 1), dtype=np.float32)
+    w[np.arange(size), i0] = 1 - f
+    w[np.arange(size), i0 + 1] = f
+    w.setflags(write=False)
+    return w
+
+
+def _smooth_field(rng: np.random.Generator, size: int, cells: int) -> np.ndarray:
+    """Low-frequency noise of unit-ish amplitude: a coarse random grid, bilinearly upsampled."""
+    coarse = rng.standard_normal(size=(3, cells + 1, cells + 1), dtype=np.float32)
+    w = _bilinear_weights(size, cells)
+    return (w @ coarse @ w.T).transpose(1, 2, 0)  # (size, size, 3)
 
 
 def _background(rng: np.random.Generator, size: int, max_amplitude: float) -> tuple[np.ndarray, np.ndarray]:
@@ -445,9 +454,11 @@ def _contrasting(rng: np.random.Generator, against: np.ndarray, min_distance: fl
 
 
 def _finish(canvas: np.ndarray, rng: np.random.Generator, max_noise: float) -> np.ndarray:
-    sigma = rng.uniform(0, max_noise)
-    canvas = canvas + rng.normal(0, sigma, size=canvas.shape).astype(np.float32)
-    return np.clip(np.rint(canvas), 0, 255).astype(np.uint8)
+    sigma = np.float32(rng.uniform(0, max_noise))
+    canvas = canvas + sigma * rng.standard_normal(size=canvas.shape, dtype=np.float32)
+    np.rint(canvas, out=canvas)
+    np.clip(canvas, 0, 255, out=canvas)
+    return canvas.astype(np.uint8)
 
 
 def _png(pixels: np.ndarray) -> bytes:
@@ -495,8 +506,8 @@ def source_image(seed: int, split_code: int, class_index: int, index: int, scale
         if on_top:
             canvas[m] = c
 
-    s = scale.source_size
-    canvas = canvas.reshape(s, _SUPERSAMPLE, s, _SUPERSAMPLE, 3).mean(axis=(1, 3))
+    # Average each 2x2 block down to one pixel (anti-aliasing).
+    canvas = 0.25 * (canvas[0::2, 0::2] + canvas[1::2, 0::2] + canvas[0::2, 1::2] + canvas[1::2, 1::2])
     return _finish(canvas, rng, scale.source_noise)
 
 
@@ -594,8 +605,8 @@ def _texture_patch(rng: np.random.Generator, canvas: np.ndarray, size: int) -> N
     canvas[m] = (1 - alpha) * canvas[m] + alpha * rng.uniform(0, 255, size=3).astype(np.float32)
 
 
-def target_image(seed: int, split_code: int, index: int, scale: Scale) -> tuple[np.ndarray, list[tuple[int, np.ndarray]]]:
-    """One detection image (uint8, HxWx3) and its objects as (category index, visible mask)."""
+def target_image(seed: int, split_code: int, index: int, scale: Scale) -> tuple[np.ndarray, list[tuple[int, np.ndarray, int]]]:
+    """One detection image (uint8, HxWx3) and its objects as (category index, visible mask, unoccluded area)."""
     rng = np.random.default_rng([seed, split_code, index])
     size = scale.target_size
     canvas, base = _background(rng, size, max_amplitude=70.0)
@@ -642,7 +653,7 @@ def target_image(seed: int, split_code: int, index: int, scale: Scale) -> tuple[
     for parts in painted:
         for m, c in parts:
             canvas[m] = c
-    objects = [(cat, vis) for cat, vis, _ in placed if cat is not None]
+    objects = [(cat, vis, full) for cat, vis, full in placed if cat is not None]
     return _finish(canvas, rng, scale.target_noise), objects
 
 
@@ -672,11 +683,13 @@ def _annotation(category: int, visible: np.ndarray) -> dict:
 
 
 def _source_chunk(args) -> tuple[list[tuple[str, str]], np.ndarray, np.ndarray, int]:
+    """Draw and write source images [start, stop) of one class; return file hashes and pixel sums."""
     seed, split_code, class_index, start, stop, scale_name, class_dir, rel_dir = args
     scale = SCALES[scale_name]
     hashes = []
-    total = np.zeros(3, dtype=np.float64)
-    total_sq = np.zeros(3, dtype=np.float64)
+    # Integer sums of pixel values: exact, so the statistics do not depend on summation order.
+    total = np.zeros(3, dtype=np.int64)
+    total_sq = np.zeros(3, dtype=np.int64)
     for i in range(start, stop):
         pixels = source_image(seed, split_code, class_index, i, scale)
         data = _png(pixels)
@@ -684,13 +697,14 @@ def _source_chunk(args) -> tuple[list[tuple[str, str]], np.ndarray, np.ndarray, 
         with open(os.path.join(class_dir, name), "wb") as f:
             f.write(data)
         hashes.append((f"{rel_dir}/{name}", hashlib.sha256(data).hexdigest()))
-        p = pixels.reshape(-1, 3).astype(np.float64) / 255.0
+        p = pixels.reshape(-1, 3).astype(np.int64)
         total += p.sum(axis=0)
         total_sq += (p * p).sum(axis=0)
     return hashes, total, total_sq, (stop - start) * scale.source_size**2
 
 
 def _target_chunk(args) -> tuple[list[tuple[str, str]], list[list[dict]]]:
+    """Draw and write target images [start, stop); return file hashes and each image's annotations."""
     seed, split_code, start, stop, scale_name, image_dir, rel_dir = args
     scale = SCALES[scale_name]
     hashes, annotations = [], []
@@ -701,7 +715,7 @@ def _target_chunk(args) -> tuple[list[tuple[str, str]], list[list[dict]]]:
         with open(os.path.join(image_dir, name), "wb") as f:
             f.write(data)
         hashes.append((f"{rel_dir}/{name}", hashlib.sha256(data).hexdigest()))
-        annotations.append([_annotation(cat, vis) for cat, vis in objects])
+        annotations.append([_annotation(cat, vis) for cat, vis, _ in objects])
     return hashes, annotations
 
 
@@ -742,8 +756,8 @@ def _write_source_split(out: Path, pool, seed: int, scale: Scale, split: str, co
     total = sum(r[1] for r in results)
     total_sq = sum(r[2] for r in results)
     count = sum(r[3] for r in results)
-    mean = total / count
-    std = np.sqrt(np.maximum(total_sq / count - mean * mean, 0.0))
+    mean = total / (255.0 * count)
+    std = np.sqrt(np.maximum(total_sq / (255.0**2 * count) - mean * mean, 0.0))
     return _digest(hashes), mean, std
 
 

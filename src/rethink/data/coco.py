@@ -25,11 +25,7 @@ def subset_image_ids(check: DatasetCheck, train_size, subset_seed: int) -> list[
     Images without (non-crowd) annotations are left out of training, as torchvision's references and
     detectron2 do.
     """
-    with_boxes = set()
-    for ann in check.coco["annotations"]:
-        if not ann.get("iscrowd", 0):
-            with_boxes.add(ann["image_id"])
-    ids = sorted(img["id"] for img in check.coco["images"] if img["id"] in with_boxes)
+    ids = sorted(check.usable_image_ids)
     order = np.random.default_rng(subset_seed).permutation(len(ids))
     ids = [ids[i] for i in order]
     return ids if train_size == "full" else ids[:train_size]

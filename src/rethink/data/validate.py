@@ -10,7 +10,7 @@ Policies
 - Box partly outside its image: clipped to [0, width] x [0, height] and counted as `bbox_clipped`.
   Annotation tools let a drag overshoot the border or round outward by a pixel; the object is still
   there. torchvision's references and detectron2 clip boxes to the image when they load them, so
-  clipping here makes the checked data equal to what training and evaluation see.
+  clipping here changes nothing for training, and evaluation scores against the same clipped box.
 - Box entirely outside its image, or with no area once clipped: refused. There is nothing to learn
   from it, and the usual cause (the annotation belongs to another image, or boxes were written as
   [x1, y1, x2, y2] instead of [x, y, width, height]) is a bug that a silent drop would hide.
@@ -89,7 +89,7 @@ class DatasetCheck:
             f"{self.num_categories} categories; image files: {image_check}",
         ]
         if self.warnings:
-            parts = [f"{count} {WARNING_TEXT.get(kind, kind)}" for kind, count in sorted(self.warnings.items())]
+            parts = [f"{WARNING_TEXT.get(kind, kind)}: {count}" for kind, count in sorted(self.warnings.items())]
             lines.append("  warnings: " + "; ".join(parts))
         else:
             lines.append("  warnings: none")

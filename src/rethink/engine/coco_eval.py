@@ -119,6 +119,10 @@ def _ground_truth_for(gt: dict, iou_type: str) -> dict:
         # pycocotools reads iscrowd unconditionally when computing mask IoU.
         own["iscrowd"] = int(ann.get("iscrowd", 0))
         annotations.append(own)
+    if iou_type == "segm":
+        for img in gt["images"]:
+            if "height" not in img or "width" not in img:
+                raise UserError(f"ground-truth image id {img.get('id')} lacks 'height'/'width', needed for mask AP")
     return {
         "images": [dict(img) for img in gt["images"]],
         "annotations": annotations,

@@ -39,7 +39,10 @@ def norm_factory(norm: str, max_groups: int = 32):
     """A callable channels -> norm module. `syncbn` builds BatchNorm2d, converted to SyncBatchNorm when the run
     is distributed on CUDA (torch's own conversion, see engine.distributed)."""
     if norm == "gn":
-        return lambda channels: nn.GroupNorm(gn_groups(channels, max_groups), channels)
+        def group_norm(channels: int, **kwargs):  # kwargs: device/dtype, which timm passes
+            return nn.GroupNorm(gn_groups(channels, max_groups), channels, **kwargs)
+
+        return group_norm
     if norm in ("bn", "syncbn"):
         return nn.BatchNorm2d
     if norm == "frozen_bn":

@@ -173,9 +173,16 @@ def other_label(other: dict) -> str:
     return ", ".join(f"{k}={json.dumps(v) if not isinstance(v, str) else v}" for k, v in sorted(other.items()))
 
 
+def fmt_ratio(x) -> str:
+    if x is None:
+        return "n/a"
+    return f"{x:.0f}x" if x >= 10 else f"{x:.1f}x" if x >= 0.1 else f"{x:.2g}x"
+
+
 def size_label(train_size, train_images) -> str:
+    """'2,000 images', or 'all 8,000 images' for the full training set."""
     if train_size == "full" or not isinstance(train_size, int):
-        return f"full set ({fmt_int(train_images)} images)" if train_images is not None else "full set"
+        return f"all {fmt_int(train_images)} images" if train_images is not None else "the full training set"
     return f"{fmt_int(train_images if train_images is not None else train_size)} images"
 
 
@@ -372,11 +379,6 @@ def run_iters_to_90(run: RunRecord):
     return iters_to_fraction(*run.eval_curve(PRIMARY))
 
 
-def _sort_key_cell(cell: dict):
-    return (cell["other_key"], cell["train_images"] or 0, cell["schedule_factor"],
-            cell["init"] != RANDOM, cell["init"])
-
-
 def build_cells(runs: list) -> list:
     """Mean ± std over seeds per (init, schedule, train_size, other), from the done runs only.
 
@@ -416,7 +418,11 @@ def build_cells(runs: list) -> list:
             "drops": members[0].drops,
             "batch_size": members[0].batch_size,
         })
-    cells.sort(key=_sort_key_cell)
+    # random init first, then the pretrained sources in the order the study lists them
+    init_order = {}
+    for run in [r for r in runs if r.init == RANDOM] + runs:
+        init_order.setdefault(run.init, len(init_order))
+    cells.sort(key=lambda c: (c["other_key"], c["train_images"] or 0, c["schedule_factor"], init_order[c["init"]]))
     return cells
 
 
@@ -529,7 +535,7 @@ def _not_enough(reason: str, **numbers) -> dict:
 
 
 def _where(grid, schedule, size) -> str:
-    return f"{schedule} on {size_label(size, grid.train_images(size))}"
+    return f"{schedule}, {size_label(size, grid.train_images(size))}"
 
 
 def finding_converges_faster(grid: _Grid, margin: float, pretrain_record) -> dict:
@@ -568,25 +574,27 @@ def finding_converges_faster(grid: _Grid, margin: float, pretrain_record) -> dic
 
     where = _where(grid, short, size)
     if status == HOLDS:
-        lead = f"{src} converges faster: at the shortest schedule ({where}) it reaches "
+        lead = f"Pre-training ({src}) speeds up convergence: at the shortest schedule ({where}) it reaches "
     elif status == DOES_NOT_HOLD:
-        lead = f"{src} is not ahead by more than the {margin:.1f} AP margin at the shortest schedule ({where}): "
+        lead = (f"Pre-training ({src}) is not ahead by more than the {margin:.1f} AP margin at the shortest "
+                f"schedule ({where}): ")
     else:
-        lead = f"{src} is ahead on average at the shortest schedule ({where}) but the interval reaches 0: "
-    text = (f"{lead}{fmt_ap(diff['a_mean'])} vs {fmt_ap(diff['b_mean'])} AP for random init "
+        lead = f"Pre-training ({src}) is ahead on average at the shortest schedule ({where}) but the interval reaches 0: "
+    text = (f"{lead}{fmt_ap(diff['a_mean'])} AP against {fmt_ap(diff['b_mean'])} for random init "
             f"({fmt_signed(diff['mean'])} AP, {fmt_ci(diff)}).")
     if early_iter is not None and early_pre is not None and early_rand is not None:
-        text += f" Before the first LR drop (iteration {fmt_int(early_iter)}) it is at {fmt_ap(early_pre)} vs {fmt_ap(early_rand)} AP."
+        text += (f" Before the first LR drop (iteration {fmt_int(early_iter)}): {fmt_ap(early_pre)} against "
+                 f"{fmt_ap(early_rand)} AP.")
     if it_pre is not None and it_rand is not None:
         text += (f" On the {long} curve it reaches 90% of its best AP after {fmt_int(it_pre)} iterations, "
                  f"random init after {fmt_int(it_rand)}"
-                 + (f" ({ratio:.1f}x as many)." if ratio is not None else "."))
+                 + (f" ({fmt_ratio(ratio)} as many)." if ratio is not None else "."))
     if total_pre is not None and img_rand is not None:
-        text += (f" Counting pre-training ({fmt_count(pre_images)} images), {src} has seen "
-                 f"{fmt_count(total_pre)} images by then, random init {fmt_count(img_rand)} "
-                 f"({compute_ratio:.1f}x).")
+        text += (f" Counting its pre-training ({fmt_count(pre_images)} images), {src} has seen "
+                 f"{fmt_count(total_pre)} images by then against {fmt_count(img_rand)} for random init "
+                 f"({fmt_ratio(compute_ratio)} as many).")
     elif pretrain_record is None:
-        text += f" The cost of {src} pre-training is not recorded, so total compute cannot be compared."
+        text += f" The cost of the {src} pre-training is not recorded, so total compute cannot be compared."
     return {
         "status": status, "text": _with_note(text, diff), "n": diff["n"],
         "schedule": short, "train_size": size, "train_images": grid.train_images(size),
@@ -698,8 +706,14 @@ def finding_small_data(grid: _Grid, margin: float) -> dict:
         text = f"Little data does not hurt random init here: with the smallest training set ({where}) {src} reaches {numbers}, within the {margin:.1f} AP margin."
     else:
         text = f"With the smallest training set ({where}) {src} reaches {numbers}: ahead on average, but the interval reaches 0."
-    if within_from is None:
-        text += f" Random init is not within the margin at the largest size tried ({size_label(per_size[-1]['train_size'], per_size[-1]['train_images'])})."
+    largest = per_size[-1]
+    largest_label = size_label(largest["train_size"], largest["train_images"])
+    if within_from is None and largest["within_margin"] == DOES_NOT_HOLD:
+        text += f" Random init is still more than the margin behind at the largest size tried ({largest_label})."
+    elif within_from is None:
+        text += (f" No size tried shows random init within the margin: at the largest ({largest_label}) the "
+                 f"gap is {fmt_signed(largest['gap']['mean'])} AP ({fmt_ci(largest['gap'])}), an interval "
+                 "that reaches beyond the margin.")
     elif within_from is smallest:
         text += " Random init is within the margin at every size tried."
     else:
@@ -740,7 +754,7 @@ def finding_localization(grid: _Grid, margin: float) -> dict:
     gap50 = mean_std(g50)["mean"]
     gap75 = mean_std(g75)["mean"]
     status = within_status(excess, margin)
-    where = _where(grid, schedule, size)
+    where = f"{schedule} on {size_label(size, grid.train_images(size))}"
     numbers = (f"the AP75 gap ({src} - random) is {fmt_signed(gap75)} AP against {fmt_signed(gap50)} AP at AP50 "
                f"(difference {fmt_signed(excess['mean'])}, {fmt_ci(excess)}, tolerance {margin:.1f} AP)")
     if status == HOLDS:

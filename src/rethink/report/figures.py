@@ -1,0 +1,500 @@
+"""The report's figures, drawn with matplotlib's object API (no pyplot: no global figure state, no GUI backend).
+
+Every figure is written as PNG (150 dpi, embedded in index.html) and SVG (for papers) under report/figures/.
+Conventions shared by all figures: one color per init (random init always blue), one line style per
+schedule (the longest solid), AP on COCO's 0-100 scale, counts in engineering notation.
+"""
+
+import io
+import json
+import math
+from pathlib import Path
+
+import matplotlib
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.patches import Patch
+from matplotlib.ticker import EngFormatter, FixedLocator, NullLocator
+
+from rethink.fileio import atomic_write_bytes
+from rethink.report import stats
+from rethink.report.stats import PRIMARY, RANDOM
+
+DPI = 150
+RANDOM_COLOR = "#1f77b4"
+SOURCE_COLORS = ["#e6550d", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#17becf"]
+# longest schedule first: it carries the shared trajectory, so it gets the solid line
+SCHEDULE_STYLES = ["-", "--", "-.", ":", (0, (5, 1, 1, 1)), (0, (1, 1)), (0, (8, 2))]
+DROP_COLOR = "0.6"
+
+STYLE = {
+    "font.size": 9,
+    "axes.titlesize": 9.5,
+    "axes.labelsize": 9,
+    "legend.fontsize": 8,
+    "xtick.labelsize": 8,
+    "ytick.labelsize": 8,
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+    "axes.grid": True,
+    "grid.color": "0.9",
+    "grid.linewidth": 0.6,
+    "svg.hashsalt": "rethink-report",  # stable ids: the same study gives the same SVG bytes
+}
+
+AP_LABEL = "box AP (%)"
+
+
+def init_color(init: str, sources: list) -> str:
+    if init == RANDOM:
+        return RANDOM_COLOR
+    return SOURCE_COLORS[sources.index(init) % len(SOURCE_COLORS)] if init in sources else "0.3"
+
+
+def init_label(init: str) -> str:
+    return "random init" if init == RANDOM else f"pretrained: {init}"
+
+
+def _schedule_styles(factors_by_schedule: dict) -> dict:
+    ordered = sorted(factors_by_schedule, key=lambda s: -factors_by_schedule[s])
+    return {s: SCHEDULE_STYLES[i % len(SCHEDULE_STYLES)] for i, s in enumerate(ordered)}
+
+
+def _inits_in_order(study) -> list:
+    inits = [RANDOM] if any(r.init == RANDOM for r in study.runs) else []
+    return inits + study.sources
+
+
+def _finite(v) -> bool:
+    return isinstance(v, (int, float)) and math.isfinite(v)
+
+
+def mean_curve(runs, key: str, rows: str = "evals", start: int | None = None):
+    """Mean, min and max over runs at each logged iteration (runs that have not reached it are left out)."""
+    by_iter = {}
+    for run in runs:
+        for row in getattr(run, rows):
+            value = row.get(key)
+            if _finite(value) and (start is None or row["iter"] >= start):
+                by_iter.setdefault(row["iter"], []).append(float(value))
+    iters = sorted(by_iter)
+    means = [sum(by_iter[i]) / len(by_iter[i]) for i in iters]
+    lows = [min(by_iter[i]) for i in iters]
+    highs = [max(by_iter[i]) for i in iters]
+    counts = [len(by_iter[i]) for i in iters]
+    return iters, means, lows, highs, counts
+
+
+def moving_average(values: list, window: int) -> list:
+    """Trailing moving average; the first points average over what exists so far."""
+    out, total = [], 0.0
+    for i, v in enumerate(values):
+        total += v
+        if i >= window:
+            total -= values[i - window]
+        out.append(total / min(i + 1, window))
+    return out
+
+
+def _panel_grid(n: int, width: float, height: float, max_cols: int = 3, extra_height: float = 0.9):
+    ncols = min(max_cols, n)
+    nrows = math.ceil(n / ncols)
+    fig = Figure(figsize=(width * ncols + 0.3, height * nrows + extra_height), dpi=DPI, layout="constrained")
+    axes = fig.subplots(nrows, ncols, squeeze=False).ravel().tolist()
+    for ax in axes[n:]:
+        ax.set_visible(False)
+    return fig, axes[:n]
+
+
+def _save(fig: Figure, out_dir: Path, name: str) -> tuple:
+    png, svg = out_dir / f"{name}.png", out_dir / f"{name}.svg"
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=DPI)
+    atomic_write_bytes(png, buffer.getvalue())
+    buffer = io.BytesIO()
+    # the layout solved for the PNG holds for the SVG too (positions are figure fractions): skip solving it again
+    fig.set_layout_engine("none")
+    # no creation date in the SVG: re-rendering an unchanged study gives identical files
+    fig.savefig(buffer, format="svg", metadata={"Date": None})
+    atomic_write_bytes(svg, buffer.getvalue())
+    return png, svg
+
+
+def _panel_title(size, images, other: dict) -> str:
+    title = stats.size_label(size, images)
+    label = stats.other_label(other)
+    return f"{title}\n{label}" if label else title
+
+
+# ---------------------------------------------------------------------------------------------
+# 1. AP vs iterations (the seed figure)
+# ---------------------------------------------------------------------------------------------
+
+
+def figure_ap_vs_iterations(study, out_dir: Path):
+    drawn = [r for r in study.runs if r.state in ("done", "running") and r.evals]
+    if not drawn:
+        return None, "no run has an evaluation yet"
+    drawn_names = {r.name for r in drawn}
+    panels = {}
+    for run in drawn:
+        panels.setdefault((run.other_key, run.train_images or 0, run.train_size), []).append(run)
+    keys = sorted(panels)
+    factors = {r.schedule: r.schedule_factor for r in drawn}
+    styles = _schedule_styles(factors)
+    inits = _inits_in_order(study)
+    sources = study.sources
+    any_band = False
+
+    fig, axes = _panel_grid(len(keys), 3.6, 2.9)
+    for ax, key in zip(axes, keys):
+        runs = panels[key]
+        other, images, size = json.loads(key[0]), key[1], key[2]
+        drops_seen = set()
+        for schedule in sorted({r.schedule for r in runs}, key=lambda s: -factors[s]):
+            for run in runs:
+                if run.schedule == schedule:
+                    for d in run.drops:
+                        if d not in drops_seen:
+                            ax.axvline(d, color=DROP_COLOR, ls=":", lw=0.9, zorder=1)
+                            drops_seen.add(d)
+                    break
+            for init in inits:
+                cell = [r for r in runs if r.init == init and r.schedule == schedule]
+                if not cell:
+                    continue
+                # A forked run repeats its trunk's curve up to the fork: draw only its own branch.
+                forks = {r.fork_iter for r in cell}
+                start = None
+                if len(forks) == 1 and None not in forks and all(r.trunk in drawn_names for r in cell):
+                    start = forks.pop()
+                iters, means, lows, highs, counts = mean_curve(cell, PRIMARY, start=start)
+                if not iters:
+                    continue
+                color = init_color(init, sources)
+                ax.plot(iters, means, color=color, ls=styles[schedule], lw=1.5, zorder=3)
+                if max(counts) > 1:
+                    ax.fill_between(iters, lows, highs, color=color, alpha=0.18, lw=0, zorder=2)
+                    any_band = True
+        ax.set_title(_panel_title(size, images, other))
+        ax.set_xlabel("iterations")
+        ax.set_ylabel(AP_LABEL)
+        ax.xaxis.set_major_formatter(EngFormatter(sep=""))
+        ax.set_xlim(left=0)
+
+    handles = [Line2D([], [], color=init_color(i, sources), lw=2, label=init_label(i)) for i in inits]
+    handles += [Line2D([], [], color="0.25", ls=styles[s], lw=1.5, label=f"{s} schedule")
+                for s in sorted(factors, key=lambda s: factors[s])]
+    handles.append(Line2D([], [], color=DROP_COLOR, ls=":", lw=1, label="LR drop"))
+    if any_band:
+        handles.append(Patch(color="0.5", alpha=0.25, lw=0, label="min-max over seeds"))
+    # two rows filled column by column: the inits share the first column, the schedules follow
+    fig.legend(handles=handles, loc="outside upper center", ncols=math.ceil(len(handles) / 2), frameon=False)
+    png, svg = _save(fig, out_dir, "ap_vs_iterations")
+    caption = ("Validation box AP along training, mean over seeds (line) and min-max over seeds (band), "
+               "one panel per training-set size. Colors: init; line styles: schedule. Dotted vertical lines "
+               "mark the LR drops; shorter schedules branch off the longest one at their first drop, "
+               "where they were forked. Runs still in progress are included up to where they are.")
+    return {"name": "ap_vs_iterations", "title": "AP along training", "caption": caption,
+            "png": png, "svg": svg, "width_in": float(fig.get_figwidth())}, None
+
+
+# ---------------------------------------------------------------------------------------------
+# 2. Final AP vs schedule length (Table 1 as a chart)
+# ---------------------------------------------------------------------------------------------
+
+
+def figure_ap_vs_schedule(study, cells, out_dir: Path):
+    panels = {}
+    for cell in cells:
+        panels.setdefault((json.dumps(cell["other"], sort_keys=True), cell["train_images"] or 0,
+                           cell["train_size"]), []).append(cell)
+    if not any(len({c["schedule"] for c in group}) >= 2 for group in panels.values()):
+        return None, "each training-set size has only one schedule done"
+    keys = sorted(panels)
+    inits = _inits_in_order(study)
+    sources = study.sources
+    fig, axes = _panel_grid(len(keys), 3.2, 2.7)
+    for ax, key in zip(axes, keys):
+        group = panels[key]
+        ticks = {}
+        offsets = {init: (i - (len(inits) - 1) / 2) * 0.04 for i, init in enumerate(inits)}
+        for init in inits:
+            mine = sorted((c for c in group if c["init"] == init), key=lambda c: c["schedule_factor"])
+            mine = [c for c in mine if c["metrics"].get(PRIMARY, {}).get("mean") is not None]
+            if not mine:
+                continue
+            # a small horizontal offset per init keeps overlapping error bars apart (log x: multiplicative)
+            xs = [c["schedule_factor"] * (1 + offsets[init]) for c in mine]
+            ys = [c["metrics"][PRIMARY]["mean"] for c in mine]
+            errs = [c["metrics"][PRIMARY]["std"] or 0.0 for c in mine]
+            ax.errorbar(xs, ys, yerr=errs, color=init_color(init, sources), marker="o", ms=4, lw=1.5,
+                        capsize=3, label=init_label(init))
+            ticks.update({c["schedule_factor"]: c["schedule"] for c in mine})
+        ax.set_xscale("log")
+        ax.xaxis.set_major_locator(FixedLocator(sorted(ticks)))
+        ax.xaxis.set_minor_locator(NullLocator())
+        ax.set_xticklabels([ticks[t] for t in sorted(ticks)])
+        ax.set_xlabel("schedule length (log scale)")
+        ax.set_ylabel(f"final {AP_LABEL}")
+        ax.set_title(_panel_title(key[2], key[1], json.loads(key[0])))
+    handles = [Line2D([], [], color=init_color(i, sources), marker="o", lw=1.5, label=init_label(i)) for i in inits]
+    fig.legend(handles=handles, loc="outside upper center", ncols=len(handles), frameon=False)
+    png, svg = _save(fig, out_dir, "ap_vs_schedule")
+    caption = ("Box AP at the end of each schedule, mean over seeds with error bars of one standard "
+               "deviation (none with one seed): the paper's Table 1 as a chart.")
+    return {"name": "ap_vs_schedule", "title": "Final AP vs schedule length", "caption": caption,
+            "png": png, "svg": svg, "width_in": float(fig.get_figwidth())}, None
+
+
+# ---------------------------------------------------------------------------------------------
+# 3. Best AP vs training-set size (the data-size experiment)
+# ---------------------------------------------------------------------------------------------
+
+
+def _size_tick(size, images) -> str:
+    text = stats.fmt_count(images)
+    return f"{text}\n(full)" if size == "full" else text
+
+
+def figure_ap_vs_size(study, cells, summary, out_dir: Path):
+    panels = {}
+    for cell in cells:
+        panels.setdefault(json.dumps(cell["other"], sort_keys=True), []).append(cell)
+    if not any(len({c["train_size"] for c in group}) >= 2 for group in panels.values()):
+        return None, "only one training-set size has runs done"
+    keys = sorted(panels)
+    inits = _inits_in_order(study)
+    sources = study.sources
+    # one panel is the common case: give it the width of a two-column paper figure
+    fig, axes = _panel_grid(len(keys), 6.4 if len(keys) == 1 else 4.6, 3.2, max_cols=2)
+    marked = False
+    for ax, other_key in zip(axes, keys):
+        group = panels[other_key]
+        ticks = {}
+        for init in inits:
+            # per size, the longest schedule this init has done there: best AP over that curve
+            by_size = {}
+            for c in group:
+                if c["init"] == init and c["best"].get(PRIMARY, {}).get("mean") is not None:
+                    if c["train_size"] not in by_size or c["schedule_factor"] > by_size[c["train_size"]]["schedule_factor"]:
+                        by_size[c["train_size"]] = c
+            points = sorted(by_size.values(), key=lambda c: c["train_images"] or 0)
+            if not points:
+                continue
+            xs = [c["train_images"] for c in points]
+            ys = [c["best"][PRIMARY]["mean"] for c in points]
+            errs = [c["best"][PRIMARY]["std"] or 0.0 for c in points]
+            ax.errorbar(xs, ys, yerr=errs, color=init_color(init, sources), marker="o", ms=4, lw=1.5, capsize=3)
+            ticks.update({c["train_images"]: _size_tick(c["train_size"], c["train_images"]) for c in points})
+        ax.set_xscale("log")
+        ax.xaxis.set_major_locator(FixedLocator(sorted(ticks)))
+        ax.xaxis.set_minor_locator(NullLocator())
+        ax.set_xticklabels([ticks[t] for t in sorted(ticks)])
+        ax.set_xlabel("training images (log scale)")
+        ax.set_ylabel(f"best {AP_LABEL}")
+        label = stats.other_label(json.loads(other_key))
+        if label:
+            ax.set_title(label)
+
+        # breakdown: between the largest size where random is behind and the smallest where it is within
+        verdict = next((v for v in summary["verdicts"]
+                        if json.dumps(v["other"], sort_keys=True) == other_key), None)
+        small = verdict["findings"]["small_data_hurts_random"] if verdict else {}
+        behind, within = small.get("largest_images_behind"), small.get("smallest_images_within_margin")
+        if behind and within:
+            ax.axvspan(behind, within, color="0.85", alpha=0.6, lw=0, zorder=0)
+            ax.text(math.sqrt(behind * within), 0.04, "breakdown", transform=ax.get_xaxis_transform(),
+                    ha="center", va="bottom", fontsize=8, color="0.3")
+            marked = True
+        elif behind:
+            ax.axvline(behind, color="0.5", ls="--", lw=1, zorder=0)
+            ax.text(behind, 0.97, " random behind\n up to here", transform=ax.get_xaxis_transform(),
+                    ha="left", va="top", fontsize=8, color="0.3")
+            marked = True
+    handles = [Line2D([], [], color=init_color(i, sources), marker="o", lw=1.5, label=init_label(i)) for i in inits]
+    if marked:
+        handles.append(Patch(color="0.85", label="breakdown region"))
+    fig.legend(handles=handles, loc="outside upper center", ncols=len(handles), frameon=False)
+    png, svg = _save(fig, out_dir, "ap_vs_train_size")
+    caption = ("Best box AP over the training curve against the number of training images, at the longest "
+               "schedule run at each size, mean over seeds with one-standard-deviation error bars. The shaded "
+               "band lies between the largest size where random init is behind by more than the margin "
+               f"({study.margin_ap:.1f} AP, significantly when there are several seeds) and the smallest size "
+               f"from which it stays within the margin (pretrained: {study.sources[0] if study.sources else 'none'}).")
+    return {"name": "ap_vs_train_size", "title": "Best AP vs training-set size", "caption": caption,
+            "png": png, "svg": svg, "width_in": float(fig.get_figwidth())}, None
+
+
+# ---------------------------------------------------------------------------------------------
+# 4. Images, instances and pixels seen
+# ---------------------------------------------------------------------------------------------
+
+
+def figure_compute(study, cells, out_dir: Path):
+    if not cells:
+        return None, "no run is done yet"
+    first_other = sorted({json.dumps(c["other"], sort_keys=True) for c in cells})[0]
+    group = [c for c in cells if json.dumps(c["other"], sort_keys=True) == first_other]
+    largest = max(group, key=lambda c: c["train_images"] or 0)
+    size, images = largest["train_size"], largest["train_images"]
+    group = [c for c in group if c["train_size"] == size]
+    schedules = sorted({c["schedule"] for c in group}, key=lambda s: next(c["schedule_factor"] for c in group if c["schedule"] == s))
+    inits = [i for i in _inits_in_order(study) if any(c["init"] == i for c in group)]
+    sources = study.sources
+    quantities = [("images_seen", "images seen", "images_seen"),
+                  ("instances_seen", "instances seen", None),
+                  ("pixels_seen", "pixels seen", "pixels_seen")]
+
+    fig = Figure(figsize=(10.5, 3.6), dpi=DPI, layout="constrained")
+    axes = fig.subplots(1, 3)
+    width = 0.8 / max(1, len(inits))
+    for ax, (key, label, pre_key) in zip(axes, quantities):
+        top = 0.0
+        bars = []
+        for si, schedule in enumerate(schedules):
+            for ii, init in enumerate(inits):
+                cell = next((c for c in group if c["init"] == init and c["schedule"] == schedule), None)
+                if cell is None or cell[key]["mean"] is None:
+                    continue
+                x = si + (ii - (len(inits) - 1) / 2) * width
+                color = init_color(init, sources)
+                fine = cell[key]["mean"]
+                ax.bar(x, fine, width * 0.92, color=color, zorder=2)
+                pre = None
+                record = study.pretrain.get(init) if init != RANDOM else None
+                if record is not None:
+                    # a classification image has one labelled instance: instances = images where not recorded
+                    pre = record.get(key) if key in record else record.get(pre_key or "images_seen")
+                    if pre is not None:
+                        ax.bar(x, pre, width * 0.92, bottom=fine, color=color, alpha=0.35, hatch="///",
+                               edgecolor=color, lw=0, zorder=2)
+                total = fine + (pre or 0.0)
+                top = max(top, total)
+                bars.append((x, total, stats.fmt_count(total)))
+        # side by side, three or more labels per group collide: stand them upright
+        rotation = 90 if len(inits) > 2 else 0
+        for x, total, note in bars:
+            ax.text(x, total + 0.015 * top, note, ha="center", va="bottom", fontsize=7, color="0.2",
+                    rotation=rotation)
+        ax.set_ylim(0, top * (1.35 if rotation else 1.2) if top > 0 else 1)
+        ax.set_xticks(range(len(schedules)))
+        ax.set_xticklabels(schedules)
+        ax.set_xlabel("fine-tuning / training schedule")
+        ax.set_ylabel(label)
+        ax.yaxis.set_major_formatter(EngFormatter(sep=""))
+        ax.grid(axis="x", visible=False)
+        ax.set_title(label[0].upper() + label[1:])
+    def legend_label(init):
+        if init == RANDOM:
+            return init_label(init)
+        if study.pretrain.get(init) is None:
+            return f"{init_label(init)} (fine-tuning; pre-training not recorded)"
+        return f"{init_label(init)} (fine-tuning)"
+
+    handles = [Patch(color=init_color(i, sources), label=legend_label(i)) for i in inits]
+    if any(study.pretrain.get(i) is not None for i in inits if i != RANDOM):
+        handles.append(Patch(facecolor="0.8", edgecolor="0.4", hatch="///", label="pre-training"))
+    fig.legend(handles=handles, loc="outside upper center", ncols=len(handles), frameon=False)
+    png, svg = _save(fig, out_dir, "compute")
+    caption = (f"What each arm has seen by the end of each schedule on {stats.size_label(size, images)}: "
+               "fine-tuning (solid) plus pre-training (hatched, from the pre-training record) for pretrained "
+               "inits, training from scratch for random init. Pre-training instances count one labelled "
+               "instance per classification image unless the record says otherwise.")
+    return {"name": "compute", "title": "Images, instances and pixels seen", "caption": caption,
+            "png": png, "svg": svg, "width_in": float(fig.get_figwidth())}, None
+
+
+# ---------------------------------------------------------------------------------------------
+# 5. Training loss vs validation AP on the smallest training set (overfitting)
+# ---------------------------------------------------------------------------------------------
+
+
+def figure_overfitting(study, out_dir: Path):
+    runs = [r for r in study.runs if r.state in ("done", "running") and r.evals and r.trains]
+    if not runs:
+        return None, "no run has both training and evaluation lines yet"
+    groups = {}
+    for run in runs:
+        groups.setdefault(run.other_key, []).append(run)
+    keys = sorted(groups)
+    inits = _inits_in_order(study)
+    sources = study.sources
+    ncols = len(keys)
+    fig = Figure(figsize=(6.4 if ncols == 1 else 4.2 * ncols + 0.3, 4.6), dpi=DPI, layout="constrained")
+    grid = fig.subplots(2, ncols, squeeze=False, sharex="col")
+    for col, other_key in enumerate(keys):
+        members = groups[other_key]
+        smallest = min(r.train_images or 0 for r in members)
+        members = [r for r in members if (r.train_images or 0) == smallest]
+        loss_ax, ap_ax = grid[0][col], grid[1][col]
+        drops = set()
+        for init in inits:
+            mine = [r for r in members if r.init == init]
+            if not mine:
+                continue
+            longest = max(r.schedule_factor for r in mine)
+            mine = [r for r in mine if r.schedule_factor == longest]
+            drops.update(d for r in mine for d in r.drops)
+            color = init_color(init, sources)
+            iters, loss, *_ = mean_curve(mine, "loss", rows="trains")
+            # the logged loss is per-iteration noisy: average over ~2% of the curve to show the trend
+            smooth = moving_average(loss, max(1, len(loss) // 50))
+            loss_ax.plot(iters, smooth, color=color, lw=1.5, label=f"{init_label(init)}, {mine[0].schedule}")
+            iters, ap, lows, highs, counts = mean_curve(mine, PRIMARY)
+            ap_ax.plot(iters, ap, color=color, lw=1.5)
+            if max(counts) > 1:
+                ap_ax.fill_between(iters, lows, highs, color=color, alpha=0.18, lw=0)
+            best = max(range(len(ap)), key=lambda i: ap[i])
+            ap_ax.plot([iters[best]], [ap[best]], marker="*", ms=10, color=color, mec="white", mew=0.6, zorder=4)
+        for ax in (loss_ax, ap_ax):
+            for d in sorted(drops):
+                ax.axvline(d, color=DROP_COLOR, ls=":", lw=0.9, zorder=1)
+        title = stats.size_label(members[0].train_size, members[0].train_images)
+        label = stats.other_label(json.loads(other_key))
+        loss_ax.set_title(f"Smallest training set: {title}" + (f"\n{label}" if label else ""))
+        loss_ax.set_ylabel("training loss (smoothed)")
+        ap_ax.set_ylabel(f"validation {AP_LABEL}")
+        ap_ax.set_xlabel("iterations")
+        ap_ax.xaxis.set_major_formatter(EngFormatter(sep=""))
+        loss_ax.legend(frameon=False)
+    handles = [Line2D([], [], marker="*", ls="", color="0.3", ms=9, label="best AP"),
+               Line2D([], [], color=DROP_COLOR, ls=":", label="LR drop")]
+    fig.legend(handles=handles, loc="outside upper center", ncols=2, frameon=False)
+    png, svg = _save(fig, out_dir, "overfitting")
+    caption = ("Training loss (top) and validation box AP (bottom) on the smallest training set, longest schedule "
+               "of each init, mean over seeds. A loss that keeps falling while AP peaks (star) and then drops is "
+               "overfitting.")
+    return {"name": "overfitting", "title": "Training loss vs validation AP on little data", "caption": caption,
+            "png": png, "svg": svg, "width_in": float(fig.get_figwidth())}, None
+
+
+def write_figures(study, summary: dict, out_dir) -> tuple:
+    """Draw every figure the study's data allows into out_dir.
+
+    Returns (figures, skipped): figures is a list of {name, title, caption, png, svg} in report order;
+    skipped lists {name, reason} for figures the data does not support yet. Figure files from an
+    earlier report that are not drawn this time are removed so the folder matches the report.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    cells = summary["cells"]
+    made, skipped = [], []
+    with matplotlib.rc_context(STYLE):
+        for name, draw in (
+            ("ap_vs_iterations", lambda: figure_ap_vs_iterations(study, out_dir)),
+            ("ap_vs_schedule", lambda: figure_ap_vs_schedule(study, cells, out_dir)),
+            ("ap_vs_train_size", lambda: figure_ap_vs_size(study, cells, summary, out_dir)),
+            ("compute", lambda: figure_compute(study, cells, out_dir)),
+            ("overfitting", lambda: figure_overfitting(study, out_dir)),
+        ):
+            figure, reason = draw()
+            if figure is None:
+                skipped.append({"name": name, "reason": reason})
+            else:
+                made.append(figure)
+    keep = {f["png"].name for f in made} | {f["svg"].name for f in made}
+    for path in list(out_dir.glob("*.png")) + list(out_dir.glob("*.svg")):
+        if path.name not in keep:
+            path.unlink()
+    return made, skipped

@@ -1,0 +1,408 @@
+"""Write a study's report: report/index.html (one self-contained page), report.md, summary.json, figures/.
+
+The HTML embeds every figure as a base64 PNG data URI and carries its CSS inline, so it opens from the
+file system with no server and no network. Both documents are built from the same summary dict and the
+same table rows, so they say the same thing.
+"""
+
+import base64
+import html
+import json
+from pathlib import Path
+
+from rethink.fileio import atomic_write_json, atomic_write_text
+from rethink.report import stats
+from rethink.report.figures import write_figures
+from rethink.report.stats import DOES_NOT_HOLD, HOLDS, NOT_ENOUGH
+
+# The paper's questions, in the order a reader asks them.
+QUESTIONS = [
+    ("catches_up", "Is pre-training necessary? Does random init catch up with a longer schedule?"),
+    ("converges_faster", "Does pre-training speed up convergence?"),
+    ("small_data_hurts_random", "How much data does random init need?"),
+    ("localization", "Does pre-training help localization?"),
+]
+STATUS_WORDS = {HOLDS: "holds", DOES_NOT_HOLD: "does not hold", NOT_ENOUGH: "not enough evidence"}
+
+CSS = """
+body { font-family: -apple-system, "Segoe UI", Roboto, "DejaVu Sans", Helvetica, Arial, sans-serif;
+       color: #1d1d1f; background: #fff; margin: 0; line-height: 1.45; font-size: 15px; }
+main { max-width: 1120px; margin: 0 auto; padding: 24px 28px 60px; }
+h1 { font-size: 26px; margin: 0 0 4px; }
+h2 { font-size: 20px; margin: 36px 0 10px; border-bottom: 1px solid #ddd; padding-bottom: 4px; }
+h3 { font-size: 16px; margin: 22px 0 8px; }
+.sub { color: #555; margin: 0 0 14px; }
+.box { border-radius: 6px; padding: 10px 14px; margin: 12px 0; }
+.warn { background: #fff6e0; border: 1px solid #f0c36d; }
+.note { background: #eef4fb; border: 1px solid #b9d2ee; }
+ul.findings { list-style: none; padding: 0; margin: 0; }
+ul.findings li { margin: 0 0 14px; padding: 10px 14px; border-left: 5px solid #bbb; background: #fafafa; }
+ul.findings li.holds { border-left-color: #2e8b57; }
+ul.findings li.does_not_hold { border-left-color: #c0392b; }
+ul.findings li.not_enough_evidence { border-left-color: #999; }
+.q { font-weight: 600; display: block; margin-bottom: 3px; }
+.badge { display: inline-block; font-size: 12px; font-weight: 600; padding: 1px 8px; border-radius: 10px;
+         margin-left: 6px; color: #fff; vertical-align: 1px; white-space: nowrap; }
+.badge.holds { background: #2e8b57; }
+.badge.does_not_hold { background: #c0392b; }
+.badge.not_enough_evidence { background: #888; }
+figure { margin: 18px 0 28px; }
+figure img { max-width: 100%; height: auto; display: block; margin: 0 auto; border: 1px solid #eee; }
+figcaption { font-size: 13.5px; color: #444; margin-top: 6px; }
+.scroll { overflow-x: auto; margin: 8px 0 18px; }
+table { border-collapse: collapse; font-size: 13px; white-space: nowrap; }
+th, td { padding: 4px 9px; text-align: right; border-bottom: 1px solid #e5e5e5; }
+th { background: #f3f3f3; position: sticky; top: 0; }
+td.l, th.l { text-align: left; }
+tr.failed td { background: #fdecea; }
+tr.running td, tr.pending td { color: #777; }
+td.reason { white-space: normal; min-width: 240px; text-align: left; }
+code { font-size: 13px; }
+"""
+
+
+# ---------------------------------------------------------------------------------------------
+# Shared content: the same words and rows for HTML and Markdown
+# ---------------------------------------------------------------------------------------------
+
+
+def _pm(entry: dict | None) -> str:
+    """'40.3 ± 0.2' from a {mean, std}; just the mean with one value."""
+    if not entry or entry.get("mean") is None:
+        return "-"
+    if entry.get("std") is None:
+        return f"{entry['mean']:.1f}"
+    return f"{entry['mean']:.1f} ± {entry['std']:.1f}"
+
+
+def _duration(seconds) -> str:
+    if seconds is None:
+        return "-"
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 2 * 3600:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def _pm_duration(entry: dict | None) -> str:
+    if not entry or entry.get("mean") is None:
+        return "-"
+    text = _duration(entry["mean"])
+    return text if entry.get("std") is None else f"{text} ± {_duration(entry['std'])}"
+
+
+def _pm_iters(entry: dict | None) -> str:
+    if not entry or entry.get("mean") is None:
+        return "-"
+    text = stats.fmt_int(entry["mean"])
+    return text if not entry.get("std") else f"{text} ± {stats.fmt_int(entry['std'])}"
+
+
+def _size(entry: dict) -> str:
+    return stats.size_label(entry["train_size"], entry.get("train_images"))
+
+
+def status_line(summary: dict) -> str:
+    counts = summary["counts"]
+    parts = [f"{counts.get(state, 0)} {state}" for state in ("done", "running", "pending", "failed")
+             if counts.get(state, 0)]
+    return (f"{summary['n_runs']} runs ({', '.join(parts) or 'none'}); "
+            f"{summary['n_seeds']} seed{'s' if summary['n_seeds'] != 1 else ''}; "
+            f"margin {summary['margin_ap']:.1f} AP; {int(summary['confidence'] * 100)}% t intervals over seeds, "
+            "paired by seed.")
+
+
+def incomplete_text(summary: dict) -> str | None:
+    missing = summary["missing"]
+    if not missing:
+        return None
+    by_state = {}
+    for run in missing:
+        by_state.setdefault(run["state"], []).append(run["name"])
+    parts = ", ".join(f"{len(names)} {state}" for state, names in sorted(by_state.items()))
+    names = [r["name"] for r in missing]
+    shown = ", ".join(names[:8]) + (f" and {len(names) - 8} more" if len(names) > 8 else "")
+    return (f"This study is incomplete: {len(missing)} of {summary['n_runs']} runs are not done ({parts}): "
+            f"{shown}. The findings, figures and tables use the done runs only; see the list of runs below.")
+
+
+def significance_text(summary: dict) -> str | None:
+    cell_n = summary.get("n_seeds_per_cell")
+    if cell_n and cell_n["max"] == 1:
+        return (f"Every cell has one seed: no claim of significance can be made. Findings compare the means "
+                f"against the {summary['margin_ap']:.1f} AP margin only; run more seeds for confidence intervals.")
+    if cell_n and cell_n["min"] == 1:
+        return "Some cells have one seed: no claim of significance can be made for comparisons that rest on them."
+    return None
+
+
+def verdict_groups(summary: dict) -> list:
+    """[(heading, [(question, status, text)])] for each pretrained source (and other-axis value)."""
+    groups = []
+    several_others = len({json.dumps(v["other"], sort_keys=True) for v in summary["verdicts"]}) > 1
+    for verdict in summary["verdicts"]:
+        heading = f"{verdict['source']} vs random init"
+        if several_others:
+            heading += f" ({stats.other_label(verdict['other']) or 'base config'})"
+        items = [(question, verdict["findings"][key]["status"], verdict["findings"][key]["text"])
+                 for key, question in QUESTIONS]
+        groups.append((heading, items))
+    if not groups:
+        items = [(question, summary["findings"][key]["status"], summary["findings"][key]["text"])
+                 for key, question in QUESTIONS]
+        groups.append(("pretrained vs random init", items))
+    return groups
+
+
+def cell_table(summary: dict) -> tuple:
+    cells = summary["cells"]
+    any_other = any(c["other"] for c in cells)
+    keys = []
+    for task in ("bbox", "segm"):
+        for name in ("AP", "AP50", "AP75"):
+            key = f"{task}/{name}"
+            if any(key in c["metrics"] for c in cells):
+                keys.append(key)
+    headers = ["init", "schedule", "training set"] + (["config"] if any_other else []) + ["n"]
+    headers += [k.replace("bbox/", "box ").replace("segm/", "mask ") for k in keys]
+    headers += ["best box AP", "iters to 90% of best", "wall time"]
+    rows = []
+    for c in cells:
+        row = [c["init"], c["schedule"], _size(c)] + ([stats.other_label(c["other"])] if any_other else [])
+        row += [str(c["n_seeds"])] + [_pm(c["metrics"].get(k)) for k in keys]
+        row += [_pm(c["best"].get(stats.PRIMARY)), _pm_iters(c["iters_to_90"]), _pm_duration(c["wall_time_s"])]
+        rows.append(row)
+    return headers, rows, set(range(4 if any_other else 3))  # label columns, left-aligned
+
+
+def comparison_table(summary: dict) -> tuple:
+    comps = summary["comparisons"]
+    any_other = any(c["other"] for c in comps)
+    headers = ["pretrained", "schedule", "training set"] + (["config"] if any_other else [])
+    headers += ["n", "Δ box AP", "95% CI", "significant", "Δ AP50", "Δ AP75", "Δ best AP"]
+    rows = []
+    for c in comps:
+        ap = c["final"].get(stats.PRIMARY)
+        ci = "-" if ap is None or ap["ci_low"] is None else f"[{ap['ci_low']:+.1f}, {ap['ci_high']:+.1f}]"
+        sig = {True: "yes", False: "no", None: "no claim (n=1)"}[ap["significant"] if ap else None]
+        row = [c["source"], c["schedule"], _size(c)] + ([stats.other_label(c["other"])] if any_other else [])
+        row += [str(ap["n"] if ap else 0), stats.fmt_signed(ap["mean"] if ap else None), ci, sig,
+                stats.fmt_signed((c["final"].get("bbox/AP50") or {}).get("mean")),
+                stats.fmt_signed((c["final"].get("bbox/AP75") or {}).get("mean")),
+                stats.fmt_signed((c["best"].get(stats.PRIMARY) or {}).get("mean"))]
+        rows.append(row)
+    return headers, rows, set(range(4 if any_other else 3))
+
+
+def pretrain_table(summary: dict) -> tuple:
+    headers = ["source", "top-1 (%)", "iterations", "images seen", "pixels seen", "wall time"]
+    rows = []
+    for source in summary["sources"]:
+        rec = summary["pretrain"].get(source)
+        if rec is None:
+            note = summary["pretrain_notes"].get(source, "not recorded")
+            rows.append([source, "not recorded", "-", "-", "-", note if note != "not recorded" else "-"])
+            continue
+        top1 = rec.get("top1")
+        rows.append([source, "-" if top1 is None else f"{top1:.1f}", stats.fmt_int(rec.get("iters")),
+                     stats.fmt_count(rec.get("images_seen")), stats.fmt_count(rec.get("pixels_seen")),
+                     _duration(rec.get("wall_time_s"))])
+    return headers, rows, {0}
+
+
+def runs_table(summary: dict) -> tuple:
+    headers = ["run", "init", "schedule", "training set", "seed", "state", "progress (iterations)", "final box AP",
+               "note"]
+    rows, classes = [], []
+    for r in summary["runs"]:
+        progress = f"{stats.fmt_int(r['last_iter']) if r['last_iter'] is not None else 0} / {stats.fmt_int(r['iters'])}"
+        if r["state"] == "failed":
+            failed = next((f for f in summary["failed"] if f["name"] == r["name"]), {})
+            note = f"failed at iteration {stats.fmt_int(failed.get('iter'))}: {failed.get('reason') or 'no reason recorded'}"
+        elif r["reason"]:
+            note = r["reason"]
+        elif r["trunk"]:
+            note = f"fork of {r['trunk']} at {stats.fmt_int(r['fork_iter'])}"
+        else:
+            note = ""
+        final_ap = stats.fmt_ap(r["final_ap"]) if r["final_ap"] is not None else "-"
+        rows.append([r["name"], r["init"], r["schedule"], _size(r), str(r["seed"]), r["state"], progress,
+                     final_ap, note])
+        classes.append(r["state"])
+    return headers, rows, {0, 1, 2, 3, 5, 8}, classes
+
+
+# ---------------------------------------------------------------------------------------------
+# HTML
+# ---------------------------------------------------------------------------------------------
+
+
+def _e(text) -> str:
+    return html.escape(str(text), quote=True)
+
+
+def _html_table(headers, rows, left: set, row_classes=None, reason_col: int | None = None) -> str:
+    def cls(i):
+        return ' class="l"' if i in left else ""
+
+    out = ['<div class="scroll"><table>', "<thead><tr>"]
+    out += [f"<th{cls(i)}>{_e(h)}</th>" for i, h in enumerate(headers)]
+    out.append("</tr></thead><tbody>")
+    for r, row in enumerate(rows):
+        klass = f' class="{_e(row_classes[r])}"' if row_classes else ""
+        out.append(f"<tr{klass}>")
+        for i, value in enumerate(row):
+            cell_cls = ' class="reason"' if i == reason_col else cls(i)
+            out.append(f"<td{cell_cls}>{_e(value)}</td>")
+        out.append("</tr>")
+    out.append("</tbody></table></div>")
+    return "".join(out)
+
+
+def render_html(summary: dict, figures: list, skipped: list) -> str:
+    title = f"{summary['name']}: pre-training vs random init"
+    parts = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
+             '<meta name="viewport" content="width=device-width, initial-scale=1">',
+             f"<title>{_e(title)}</title>", f"<style>{CSS}</style></head><body><main>",
+             f"<h1>{_e(title)}</h1>", f'<p class="sub">{_e(status_line(summary))}</p>']
+    incomplete = incomplete_text(summary)
+    if incomplete:
+        parts.append(f'<div class="box warn">{_e(incomplete)}</div>')
+
+    parts.append("<h2>Verdict</h2>")
+    sig = significance_text(summary)
+    if sig:
+        parts.append(f'<div class="box note">{_e(sig)}</div>')
+    groups = verdict_groups(summary)
+    for heading, items in groups:
+        if len(groups) > 1:
+            parts.append(f"<h3>{_e(heading)}</h3>")
+        parts.append('<ul class="findings">')
+        for question, status, text in items:
+            parts.append(f'<li class="{_e(status)}"><span class="q">{_e(question)}'
+                         f'<span class="badge {_e(status)}">{_e(STATUS_WORDS[status])}</span></span>{_e(text)}</li>')
+        parts.append("</ul>")
+
+    parts.append("<h2>Figures</h2>")
+    for number, fig in enumerate(figures, 1):
+        data = base64.b64encode(Path(fig["png"]).read_bytes()).decode("ascii")
+        # 100 CSS px per figure inch: every figure shows its 9 pt text at the same size on the page
+        width = int(round(fig["width_in"] * 100))
+        parts.append(f'<figure id="{_e(fig["name"])}"><img alt="{_e(fig["title"])}" style="width: {width}px" '
+                     f'src="data:image/png;base64,{data}">'
+                     f"<figcaption><b>Figure {number}. {_e(fig['title'])}.</b> {_e(fig['caption'])} "
+                     f"(PNG and SVG in <code>report/figures/{_e(fig['name'])}.*</code>)</figcaption></figure>")
+    if skipped:
+        parts.append("<p>Not drawn yet:</p><ul>")
+        parts += [f"<li>{_e(s['name'])}: {_e(s['reason'])}</li>" for s in skipped]
+        parts.append("</ul>")
+
+    parts.append("<h2>Tables</h2>")
+    parts.append("<h3>Per cell: mean ± std over seeds (n seeds)</h3>")
+    headers, rows, left = cell_table(summary)
+    parts.append(_html_table(headers, rows, left) if rows else "<p>No run is done yet.</p>")
+    parts.append("<h3>Pretrained minus random, paired by seed</h3>")
+    headers, rows, left = comparison_table(summary)
+    parts.append(_html_table(headers, rows, left) if rows
+                 else "<p>No cell has both arms done with a common seed yet.</p>")
+    if summary["sources"]:
+        parts.append("<h3>Pre-training records</h3>")
+        headers, rows, left = pretrain_table(summary)
+        parts.append(_html_table(headers, rows, left))
+
+    parts.append("<h2>Runs</h2>")
+    if summary["failed"]:
+        parts.append("<p>Failed runs:</p><ul>")
+        parts += [f"<li><code>{_e(f['name'])}</code> at iteration {_e(stats.fmt_int(f['iter']))}: "
+                  f"{_e(f['reason'] or 'no reason recorded')}</li>" for f in summary["failed"]]
+        parts.append("</ul>")
+    headers, rows, left, classes = runs_table(summary)
+    parts.append(_html_table(headers, rows, left, classes, reason_col=len(headers) - 1) if rows
+                 else "<p>The study lists no runs.</p>")
+    parts.append("</main></body></html>")
+    return "\n".join(parts) + "\n"
+
+
+# ---------------------------------------------------------------------------------------------
+# Markdown
+# ---------------------------------------------------------------------------------------------
+
+
+def _md_cell(value) -> str:
+    return str(value).replace("|", "\\|").replace("\n", " ")
+
+
+def _md_table(headers, rows) -> str:
+    lines = ["| " + " | ".join(_md_cell(h) for h in headers) + " |",
+             "|" + "|".join("---" for _ in headers) + "|"]
+    lines += ["| " + " | ".join(_md_cell(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def render_markdown(summary: dict, figures: list, skipped: list) -> str:
+    out = [f"# {summary['name']}: pre-training vs random init", "", status_line(summary), ""]
+    incomplete = incomplete_text(summary)
+    if incomplete:
+        out += [f"> **Incomplete.** {incomplete}", ""]
+    out += ["## Verdict", ""]
+    sig = significance_text(summary)
+    if sig:
+        out += [f"> {sig}", ""]
+    groups = verdict_groups(summary)
+    for heading, items in groups:
+        if len(groups) > 1:
+            out += [f"### {heading}", ""]
+        for question, status, text in items:
+            out.append(f"- **{question}** *{STATUS_WORDS[status]}.* {text}")
+        out.append("")
+    out += ["## Figures", ""]
+    for number, fig in enumerate(figures, 1):
+        out += [f"![{fig['title']}](figures/{fig['name']}.png)", "",
+                f"*Figure {number}. {fig['title']}.* {fig['caption']} (SVG: `figures/{fig['name']}.svg`)", ""]
+    if skipped:
+        out += ["Not drawn yet:", ""] + [f"- {s['name']}: {s['reason']}" for s in skipped] + [""]
+    out += ["## Tables", "", "### Per cell: mean ± std over seeds (n seeds)", ""]
+    headers, rows, _ = cell_table(summary)
+    out += [_md_table(headers, rows) if rows else "No run is done yet.", ""]
+    out += ["### Pretrained minus random, paired by seed", ""]
+    headers, rows, _ = comparison_table(summary)
+    out += [_md_table(headers, rows) if rows else "No cell has both arms done with a common seed yet.", ""]
+    if summary["sources"]:
+        headers, rows, _ = pretrain_table(summary)
+        out += ["### Pre-training records", "", _md_table(headers, rows), ""]
+    out += ["## Runs", ""]
+    if summary["failed"]:
+        out += ["Failed runs:", ""]
+        out += [f"- `{f['name']}` at iteration {stats.fmt_int(f['iter'])}: {f['reason'] or 'no reason recorded'}"
+                for f in summary["failed"]]
+        out.append("")
+    headers, rows, _, _ = runs_table(summary)
+    out += [_md_table(headers, rows) if rows else "The study lists no runs.", ""]
+    return "\n".join(out)
+
+
+# ---------------------------------------------------------------------------------------------
+# Entry point
+# ---------------------------------------------------------------------------------------------
+
+
+def write_report(study_dir) -> Path:
+    """Read the study in `study_dir` and write study_dir/report/; return the path of report/index.html.
+
+    Works on a study that is still running or has failed runs: those are listed as missing and the
+    numbers use the done runs only.
+    """
+    study_dir = Path(study_dir)
+    study = stats.load_study(study_dir)
+    summary = stats.summarize(study)
+    out = study_dir / "report"
+    figures, skipped = write_figures(study, summary, out / "figures")
+    summary["figures"] = [{"name": f["name"], "title": f["title"], "caption": f["caption"],
+                           "png": f"figures/{f['png'].name}", "svg": f"figures/{f['svg'].name}"} for f in figures]
+    summary["figures_not_drawn"] = skipped
+    atomic_write_json(out / "summary.json", summary)
+    atomic_write_text(out / "report.md", render_markdown(summary, figures, skipped))
+    index = out / "index.html"
+    atomic_write_text(index, render_html(summary, figures, skipped))
+    return index

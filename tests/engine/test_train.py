@@ -1,0 +1,162 @@
+"""Real tiny training runs on generated COCO data: learning, controlled arms, resume, failure, skip."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from conftest import eval_rows, run_cli, same, tiny_config_dict, write_config
+from rethink.config import config_from_dict, to_dict, diff
+from rethink.engine.train import train
+from rethink.errors import RunFailed, UserError
+from rethink.fileio import read_json, read_jsonl
+from rethink.models import backbone as bb
+
+LONGER = ["solver.iters_1x=48", "eval_period=12", "checkpoint_period=12"]
+
+
+@pytest.fixture(scope="module")
+def reference_run(coco_data, tmp_path_factory):
+    """One uninterrupted run that other tests compare against."""
+    out = tmp_path_factory.mktemp("reference") / "run"
+    cfg = config_from_dict(tiny_config_dict(coco_data), LONGER)
+    final = train(cfg, out, progress=False)
+    return cfg, out, final
+
+
+def test_random_init_learns(reference_run):
+    cfg, out, final = reference_run
+    aps = [r["bbox/AP"] for r in eval_rows(out)]
+    assert [r["iter"] for r in eval_rows(out)] == [12, 24, 36, 48]
+    assert aps[-1] > aps[0] and aps[-1] > 1.0
+    assert final["final"]["bbox/AP"] == aps[-1] and final["best"]["bbox/AP"] == max(aps)
+    assert final["iters"] == 48 and final["images_seen"] == 48 * 4
+    assert final["pixels_seen"] == 48 * 4 * 64 * 64  # training images only, at the model's input size
+    assert final["instances_seen"] > final["images_seen"]
+    train_rows = [r for r in read_jsonl(out / "metrics.jsonl") if r["type"] == "train"]
+    assert [r["iter"] for r in train_rows] == list(range(2, 49, 2))
+    assert all(r["grad_norm"] > 0 and r["img_per_s"] > 0 for r in train_rows)
+    # LR: warm-up over 2 iterations then drops at 2/3 and 8/9 of 48 iterations (1x rule)
+    lrs = {r["iter"]: r["lr"] for r in train_rows}
+    assert lrs[30] == pytest.approx(0.04) and lrs[34] == pytest.approx(0.004) and lrs[48] == pytest.approx(0.0004)
+    assert (out / "config.yaml").exists() and read_json(out / "init.json")["source"] == "random"
+
+
+def test_pretrained_arm_differs_only_in_init(reference_run, tmp_path):
+    cfg, _, _ = reference_run
+    torch.manual_seed(7)
+    source, _ = bb.build_resnet("tiny", "gn", cfg.model.tiny_widths, cfg.model.tiny_depths)
+    weights = tmp_path / "backbone.safetensors"
+    save_file({k: v.contiguous() for k, v in source.state_dict().items()}, str(weights))
+    pre_cfg = config_from_dict(tiny_config_dict(cfg.data.train.images and Path(cfg.data.train.images).parents[1]),
+                               LONGER + [f"init={weights}"])
+    assert diff(to_dict(cfg), to_dict(pre_cfg)) == ["init"]
+    final = train(pre_cfg, tmp_path / "pre", progress=False)
+    aps = [r["bbox/AP"] for r in eval_rows(tmp_path / "pre")]
+    assert len(aps) == 4 and final["best"]["bbox/AP"] == max(aps) and aps[-1] > aps[0]
+    assert read_json(tmp_path / "pre" / "init.json")["loaded"] == len(source.state_dict())
+
+
+def test_finished_run_is_not_retrained(reference_run):
+    cfg, out, final = reference_run
+    stamp = (out / "final.json").stat().st_mtime_ns
+    again = train(cfg, out, progress=False)
+    assert same(again, final) and (out / "final.json").stat().st_mtime_ns == stamp
+
+
+def test_run_dir_with_another_config_is_refused(reference_run):
+    cfg, out, _ = reference_run
+    other = config_from_dict(to_dict(cfg), ["seed=5"])
+    with pytest.raises(UserError, match="different config \\(seed differ"):
+        train(other, out, progress=False)
+
+
+def _wait_for(predicate, proc, timeout=300):
+    start = time.time()
+    while not predicate():
+        if proc.poll() is not None:
+            raise AssertionError(f"process ended early: {proc.stderr.read()}")
+        if time.time() - start > timeout:
+            raise AssertionError("timed out")
+        time.sleep(0.05)
+
+
+def test_sigkill_then_same_command_gives_the_same_final_metrics(reference_run, tmp_path, coco_data):
+    cfg, ref_out, ref_final = reference_run
+    config = write_config(tmp_path / "run.yaml", to_dict(cfg))
+    out = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "rethink", "train", str(config), "--out", str(out), "--no-progress"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # kill it hard just after its second checkpoint (iteration 24), mid-run
+    _wait_for(lambda: (out / "checkpoints" / "iter_0000024.pt").exists(), proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (out / "final.json").exists()
+    result = run_cli("train", config, "--out", out, "--no-progress")
+    assert result.returncode == 0, result.stderr
+    final = read_json(out / "final.json")
+    assert same(final["final"], ref_final["final"]) and same(final["best"], ref_final["best"])
+    assert final["images_seen"] == ref_final["images_seen"] and final["pixels_seen"] == ref_final["pixels_seen"]
+    assert [r["iter"] for r in eval_rows(out)] == [12, 24, 36, 48]  # nothing logged twice
+    ap = lambda rows: [{k: v for k, v in r.items() if k.startswith("bbox/")} for r in rows]  # noqa: E731
+    assert same(ap(eval_rows(out)), ap(eval_rows(ref_out)))
+
+
+def test_sigterm_saves_and_stops_then_resumes(reference_run, tmp_path):
+    cfg, _, ref_final = reference_run
+    config = write_config(tmp_path / "run.yaml", to_dict(cfg))
+    out = tmp_path / "term"
+    cmd = [sys.executable, "-m", "rethink", "train", str(config), "--out", str(out), "--no-progress"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _wait_for(lambda: any(r.get("iter", 0) >= 6 for r in read_jsonl(out / "metrics.jsonl")), proc)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "checkpoint saved" in err and "Traceback" not in err
+    assert not (out / "final.json").exists()
+    result = run_cli("train", config, "--out", out, "--no-progress")
+    assert result.returncode == 0, result.stderr
+    assert same(read_json(out / "final.json")["final"], ref_final["final"])
+
+
+def test_non_finite_loss_fails_clearly(coco_data, tmp_path):
+    config = write_config(tmp_path / "nan.yaml", tiny_config_dict(coco_data, base_lr=1e6, warmup_iters=0))
+    out = tmp_path / "nan"
+    result = run_cli("train", config, "--out", out, "--no-progress")
+    assert result.returncode == 1
+    assert "non-finite loss at iteration" in result.stderr and "Traceback" not in result.stderr
+    failed = read_json(out / "FAILED")
+    assert failed["reason"] == "non-finite loss" and failed["iter"] >= 1
+    assert set(failed["losses"]) == {"loss_classifier", "loss_box_reg", "loss_objectness", "loss_rpn_box_reg"}
+    again = run_cli("train", config, "--out", out, "--no-progress")
+    assert again.returncode == 1 and "failed earlier" in again.stderr
+
+
+def test_non_finite_steps_can_be_skipped_up_to_a_bound(coco_data, tmp_path):
+    cfg = config_from_dict(tiny_config_dict(coco_data, base_lr=1e6, warmup_iters=0, max_nonfinite_skips=3))
+    with pytest.raises(RunFailed, match="non-finite"):
+        train(cfg, tmp_path / "skip", progress=False)
+    assert read_json(tmp_path / "skip" / "FAILED")["iter"] >= 3
+
+
+def test_mask_rcnn_reports_segm(coco_data, tmp_path):
+    cfg = config_from_dict(tiny_config_dict(coco_data), ["model.detector=mask_rcnn", "solver.iters_1x=8",
+                                                         "eval_period=0"])
+    final = train(cfg, tmp_path / "mask", progress=False)
+    assert {"segm/AP", "segm/AP50", "segm/AP75", "bbox/AP"} <= set(final["final"])
+
+
+def test_eval_command_scores_a_checkpoint(reference_run, tmp_path):
+    cfg, out, final = reference_run
+    config = write_config(tmp_path / "run.yaml", to_dict(cfg))
+    result = run_cli("eval", config, "--weights", out / "checkpoints" / "iter_0000048.pt")
+    assert result.returncode == 0, result.stderr
+    metrics = json.loads(result.stdout)
+    assert metrics["bbox/AP"] == pytest.approx(final["final"]["bbox/AP"], abs=1e-9)

@@ -1,0 +1,67 @@
+import dataclasses
+
+import pytest
+import yaml
+
+from conftest import REPO, tiny_config_dict
+from rethink.config import RunConfig, config_from_dict, dump_yaml, load_config, to_dict
+from rethink.errors import UserError
+
+
+def test_defaults_are_the_paper_recipe():
+    cfg = RunConfig()
+    assert cfg.model.norm == "gn" and cfg.model.freeze_at == 0 and cfg.model.gn_groups == 32
+    assert cfg.solver.base_lr == 0.02 and cfg.solver.batch_size == 16 and cfg.solver.iters_1x == 90_000
+    assert cfg.solver.momentum == 0.9 and cfg.solver.weight_decay == 1e-4 and cfg.solver.weight_decay_norm == 0.0
+    assert cfg.init == "random"
+
+
+def test_overrides_and_roundtrip(tmp_path):
+    cfg = config_from_dict(tiny_config_dict(tmp_path), ["solver.schedule=2x", "init=/w.safetensors", "seed=3"])
+    assert cfg.solver.schedule == "2x" and cfg.init == "/w.safetensors" and cfg.seed == 3
+    again = config_from_dict(yaml.safe_load(dump_yaml(cfg)))
+    assert again == cfg
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.seed = 1
+
+
+@pytest.mark.parametrize("override,message", [
+    ("model.nrom=gn", "model.nrom: unknown key"),
+    ("model.norm=layernorm", "model.norm: 'layernorm'"),
+    ("solver.base_lr=-0.1", "solver.base_lr"),
+    ("solver.base_lr=fast", "solver.base_lr: expected a number"),
+    ("solver.schedule=long", "solver.schedule: 'long'"),
+    ("solver.warmup_iters=100", "solver.warmup_iters"),
+    ("model.backbone=vgg16", "model.backbone: 'vgg16'"),
+    ("data.train_size=0", "data.train_size"),
+    ("data.train_size=some", "data.train_size"),
+    ("model.anchor_sizes=[8,16]", "model.anchor_sizes"),
+    ("eval_period=-1", "eval_period"),
+    ("seed=1.5", "seed: expected an integer"),
+    ("deterministic=maybe", "deterministic: expected true or false"),
+    ("solver=3", "solver: expected a mapping"),
+])
+def test_bad_values_name_the_key(tmp_path, override, message):
+    with pytest.raises(UserError) as e:
+        config_from_dict(tiny_config_dict(tmp_path), [override])
+    assert message in str(e.value) and "\n" not in str(e.value)
+
+
+def test_bad_yaml_file(tmp_path):
+    p = tmp_path / "bad.yaml"
+    p.write_text("model: [unclosed\n")
+    with pytest.raises(UserError, match="bad.yaml: not valid YAML"):
+        load_config(p)
+    p.write_text("!!python/object/apply:os.system ['echo hacked']\n")
+    with pytest.raises(UserError, match="not valid YAML"):
+        load_config(p)
+    with pytest.raises(UserError, match="config file not found"):
+        load_config(tmp_path / "missing.yaml")
+
+
+def test_every_shipped_config_loads():
+    for path in sorted((REPO / "configs").glob("*/*.yaml")):
+        if path.parent.name in ("studies",) or path.name.startswith("pretrain"):
+            continue
+        cfg = load_config(path)
+        assert to_dict(cfg)["model"]["norm"] in ("gn", "syncbn")
