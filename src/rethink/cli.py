@@ -27,6 +27,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     p.add_argument("--nproc", type=int, default=1, help="processes on this machine (wraps torchrun)")
     p.add_argument("--no-progress", action="store_true")
+    # set by `rethink study` for a shorter schedule that starts from its trunk's checkpoint
+    p.add_argument("--fork-from", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--keep-iters", default="", help=argparse.SUPPRESS)
     _add_overrides(p)
 
     p = sub.add_parser("eval", help="evaluate saved weights on the config's validation set")
@@ -56,6 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("study")
     p.add_argument("--json", action="store_true")
     p.add_argument("--img-per-s", type=float, default=None, help="throughput for the GPU-hours estimate")
+    _add_overrides(p)
 
     p = sub.add_parser("study", help="run what is missing of a study, then write its report")
     p.add_argument("study")
@@ -67,7 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--slurm-gpus-per-node", type=int, default=8)
     p.add_argument("--slurm-time-min", type=int, default=4320)
     p.add_argument("--slurm-folder", default=None)
+    p.add_argument("--slurm-cluster", default=None, help=argparse.SUPPRESS)  # "local": submitit's local executor
     p.add_argument("--no-progress", action="store_true")
+    _add_overrides(p)
 
     p = sub.add_parser("status", help="the state of each run of a study directory")
     p.add_argument("dir")
@@ -92,12 +98,18 @@ def cmd_train(args) -> int:
         from rethink.engine.launch import run_torchrun
 
         argv = ["train", args.config, "--out", args.out] + [a for o in args.overrides for a in ("--set", o)]
+        if args.fork_from:
+            argv += ["--fork-from", args.fork_from]
+        if args.keep_iters:
+            argv += ["--keep-iters", args.keep_iters]
         if args.no_progress:
             argv.append("--no-progress")
         return run_torchrun(args.nproc, argv)
     from rethink.engine.train import train
 
-    final = train(_load(args), Path(args.out), progress=not args.no_progress)
+    keep = tuple(int(k) for k in args.keep_iters.split(",") if k)
+    fork = Path(args.fork_from) if args.fork_from else None
+    final = train(_load(args), Path(args.out), fork_from=fork, keep_iters=keep, progress=not args.no_progress)
     _print_final(args.out, final)
     return 0
 
@@ -158,7 +170,7 @@ def cmd_pretrain(args) -> int:
 def cmd_plan(args) -> int:
     from rethink.study.plan import load_study, plan_summary, print_plan
 
-    study = load_study(Path(args.study))
+    study = load_study(Path(args.study), args.overrides)
     summary = plan_summary(study, img_per_s=args.img_per_s)
     if args.json:
         print(json.dumps(summary, indent=2))
@@ -172,8 +184,8 @@ def cmd_study(args) -> int:
 
     return run_study(Path(args.study), Path(args.out), executor=args.executor, jobs=args.jobs, nproc=args.nproc,
                      slurm=dict(partition=args.slurm_partition, gpus_per_node=args.slurm_gpus_per_node,
-                                time_min=args.slurm_time_min, folder=args.slurm_folder),
-                     progress=not args.no_progress)
+                                time_min=args.slurm_time_min, folder=args.slurm_folder, cluster=args.slurm_cluster),
+                     progress=not args.no_progress, overrides=args.overrides)
 
 
 def cmd_status(args) -> int:

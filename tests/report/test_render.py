@@ -8,7 +8,6 @@ from html.parser import HTMLParser
 import pytest
 from study_fixture import make_study, run_name
 
-from rethink.report import stats
 from rethink.report.render import write_report
 
 
@@ -137,7 +136,7 @@ def test_incomplete_one_seed_study_renders_and_says_what_is_missing(tmp_path):
     text = " ".join(page.text)
     assert "This study is incomplete: 2 of 8 runs are not done (1 failed, 1 pending)" in text
     assert failed in text and pending in text
-    assert f"failed at iteration 1,200: non-finite loss at iteration 1200" in text
+    assert "failed at iteration 1,200: non-finite loss at iteration 1200" in text
     assert "no claim of significance can be made" in text
     summary = json.loads((path / "report" / "summary.json").read_text())
     assert [m["name"] for m in summary["missing"]] == [failed, pending]
@@ -150,3 +149,34 @@ def test_incomplete_one_seed_study_renders_and_says_what_is_missing(tmp_path):
     # every figure written is embedded, whatever the study allowed to draw
     pngs = list((path / "report" / "figures").glob("*.png"))
     assert sum(u.startswith("data:image/png") for u in page.urls) == len(pngs) > 0
+
+
+def test_study_with_nothing_done_yet_still_renders(tmp_path):
+    runs = [run_name(init, "1x", "full", 0) for init in ("random", "pretrain")]
+    path = make_study(tmp_path, sizes=("full",), schedules=("1x",), seeds=(0,),
+                      states={runs[0]: "running", runs[1]: "pending"})
+    # a running run with no evaluation yet: keep only its first training line
+    metrics = path / "runs" / runs[0] / "metrics.jsonl"
+    metrics.write_text(metrics.read_text().splitlines(keepends=True)[0])
+    index = write_report(path)
+    page = parse(index.read_text(encoding="utf-8"))
+    assert page.errors == [] and "img" not in page.tags
+    text = " ".join(page.text)
+    assert "2 of 2 runs are not done (1 pending, 1 running)" in text
+    assert "Not drawn yet" in text and "no run has an evaluation yet" in text
+    summary = json.loads((path / "report" / "summary.json").read_text())
+    assert summary["cells"] == []
+    assert {f["status"] for f in summary["findings"].values()} == {"not_enough_evidence"}
+    assert list((path / "report" / "figures").glob("*")) == []
+
+
+def test_figures_of_an_earlier_report_that_are_no_longer_drawn_are_removed(tmp_path):
+    path = make_study(tmp_path, sizes=("full",), schedules=("1x",), seeds=(0,))
+    stale = path / "report" / "figures" / "ap_vs_train_size.png"
+    stale.parent.mkdir(parents=True)
+    stale.write_bytes(b"old")
+    write_report(path)
+    names = sorted(p.name for p in (path / "report" / "figures").iterdir())
+    assert "ap_vs_train_size.png" not in names
+    assert names == ["ap_vs_iterations.png", "ap_vs_iterations.svg", "compute.png", "compute.svg",
+                     "overfitting.png", "overfitting.svg"]

@@ -207,6 +207,10 @@ def train(cfg: RunConfig, out_dir, *, fork_from: Path | None = None, keep_iters=
         atomic_write_text(out / "metrics.jsonl", "")
     if is_main:
         atomic_write_json(out / "init.json", init_report)
+        # one line per process that trains this run: where it started (a resume must start at a checkpoint)
+        append_jsonl(out / "segments.jsonl", {"start_iter": start_iter, "resumed": resumed is not None,
+                                              "forked": resumed is None and fork_from is not None,
+                                              "time": time.time()})
     counts = {"images_seen": 0, "instances_seen": 0, "pixels_seen": 0, "nonfinite_skipped": 0}
     best, best_iter, wall_before = None, None, 0.0
     if state is not None:

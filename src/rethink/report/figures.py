@@ -96,14 +96,35 @@ def moving_average(values: list, window: int) -> list:
     return out
 
 
-def _panel_grid(n: int, width: float, height: float, max_cols: int = 3, extra_height: float = 0.9):
-    ncols = min(max_cols, n)
-    nrows = math.ceil(n / ncols)
-    fig = Figure(figsize=(width * ncols + 0.3, height * nrows + extra_height), dpi=DPI, layout="constrained")
-    axes = fig.subplots(nrows, ncols, squeeze=False).ravel().tolist()
-    for ax in axes[n:]:
-        ax.set_visible(False)
-    return fig, axes[:n]
+def _panel_grid(keys: list, width: float, height: float, max_cols: int = 3, extra_height: float = 0.9):
+    """A figure with one axes per key, in key order; keys start with the other-axis key.
+
+    With one other-axis value the panels wrap at max_cols; with several, each value gets its own row
+    so that the same training-set size sits in the same column.
+    """
+    groups = []
+    for key in keys:
+        if not groups or groups[-1][0] != key[0]:
+            groups.append((key[0], []))
+        groups[-1][1].append(key)
+    if len(groups) == 1:
+        ncols = min(max_cols, len(keys))
+        nrows = math.ceil(len(keys) / ncols)
+        positions = [(i // ncols, i % ncols) for i in range(len(keys))]
+    else:
+        ncols = max(len(members) for _, members in groups)
+        nrows = len(groups)
+        positions = [(row, col) for row, (_, members) in enumerate(groups) for col in range(len(members))]
+    # at least the width of a two-column paper figure, so the legend above fits one or two panels
+    fig_width = max(width * ncols + 0.3, 6.4)
+    fig = Figure(figsize=(fig_width, height * nrows + extra_height), dpi=DPI, layout="constrained")
+    grid = fig.subplots(nrows, ncols, squeeze=False)
+    used = set(positions)
+    for row in range(nrows):
+        for col in range(ncols):
+            if (row, col) not in used:
+                grid[row][col].set_visible(False)
+    return fig, [grid[row][col] for row, col in positions]
 
 
 def _save(fig: Figure, out_dir: Path, name: str) -> tuple:
@@ -138,18 +159,19 @@ def figure_ap_vs_iterations(study, out_dir: Path):
     drawn_names = {r.name for r in drawn}
     panels = {}
     for run in drawn:
-        panels.setdefault((run.other_key, run.train_images or 0, run.train_size), []).append(run)
-    keys = sorted(panels)
+        panels.setdefault((run.other_key, stats.size_sort_key(run.train_size, run.train_images), run.train_size,
+                           run.train_images), []).append(run)
+    keys = sorted(panels, key=lambda k: k[:2])
     factors = {r.schedule: r.schedule_factor for r in drawn}
     styles = _schedule_styles(factors)
     inits = _inits_in_order(study)
     sources = study.sources
     any_band = False
 
-    fig, axes = _panel_grid(len(keys), 3.6, 2.9)
+    fig, axes = _panel_grid(keys, 3.6, 2.9)
     for ax, key in zip(axes, keys):
         runs = panels[key]
-        other, images, size = json.loads(key[0]), key[1], key[2]
+        other, size, images = json.loads(key[0]), key[2], key[3]
         drops_seen = set()
         for schedule in sorted({r.schedule for r in runs}, key=lambda s: -factors[s]):
             for run in runs:
@@ -163,11 +185,13 @@ def figure_ap_vs_iterations(study, out_dir: Path):
                 cell = [r for r in runs if r.init == init and r.schedule == schedule]
                 if not cell:
                     continue
-                # A forked run repeats its trunk's curve up to the fork: draw only its own branch.
+                # A forked run repeats its trunk's curve up to the fork: draw only its own branch,
+                # from the last evaluation at or before the fork so that it joins the trunk's line.
                 forks = {r.fork_iter for r in cell}
                 start = None
                 if len(forks) == 1 and None not in forks and all(r.trunk in drawn_names for r in cell):
-                    start = forks.pop()
+                    fork = forks.pop()
+                    start = max((row["iter"] for r in cell for row in r.evals if row["iter"] <= fork), default=fork)
                 iters, means, lows, highs, counts = mean_curve(cell, PRIMARY, start=start)
                 if not iters:
                     continue
@@ -207,14 +231,15 @@ def figure_ap_vs_iterations(study, out_dir: Path):
 def figure_ap_vs_schedule(study, cells, out_dir: Path):
     panels = {}
     for cell in cells:
-        panels.setdefault((json.dumps(cell["other"], sort_keys=True), cell["train_images"] or 0,
-                           cell["train_size"]), []).append(cell)
+        panels.setdefault((json.dumps(cell["other"], sort_keys=True),
+                           stats.size_sort_key(cell["train_size"], cell["train_images"]),
+                           cell["train_size"], cell["train_images"]), []).append(cell)
     if not any(len({c["schedule"] for c in group}) >= 2 for group in panels.values()):
         return None, "each training-set size has only one schedule done"
-    keys = sorted(panels)
+    keys = sorted(panels, key=lambda k: k[:2])
     inits = _inits_in_order(study)
     sources = study.sources
-    fig, axes = _panel_grid(len(keys), 3.2, 2.7)
+    fig, axes = _panel_grid(keys, 3.2, 2.7)
     for ax, key in zip(axes, keys):
         group = panels[key]
         ticks = {}
@@ -237,7 +262,7 @@ def figure_ap_vs_schedule(study, cells, out_dir: Path):
         ax.set_xticklabels([ticks[t] for t in sorted(ticks)])
         ax.set_xlabel("schedule length (log scale)")
         ax.set_ylabel(f"final {AP_LABEL}")
-        ax.set_title(_panel_title(key[2], key[1], json.loads(key[0])))
+        ax.set_title(_panel_title(key[2], key[3], json.loads(key[0])))
     handles = [Line2D([], [], color=init_color(i, sources), marker="o", lw=1.5, label=init_label(i)) for i in inits]
     fig.legend(handles=handles, loc="outside upper center", ncols=len(handles), frameon=False)
     png, svg = _save(fig, out_dir, "ap_vs_schedule")
@@ -260,15 +285,16 @@ def _size_tick(size, images) -> str:
 def figure_ap_vs_size(study, cells, summary, out_dir: Path):
     panels = {}
     for cell in cells:
-        panels.setdefault(json.dumps(cell["other"], sort_keys=True), []).append(cell)
+        if cell["train_images"] is not None:  # a log-scale x needs the number of images
+            panels.setdefault(json.dumps(cell["other"], sort_keys=True), []).append(cell)
     if not any(len({c["train_size"] for c in group}) >= 2 for group in panels.values()):
         return None, "only one training-set size has runs done"
     keys = sorted(panels)
     inits = _inits_in_order(study)
     sources = study.sources
     # one panel is the common case: give it the width of a two-column paper figure
-    fig, axes = _panel_grid(len(keys), 6.4 if len(keys) == 1 else 4.6, 3.2, max_cols=2)
-    marked = False
+    fig, axes = _panel_grid([(k,) for k in keys], 4.6, 3.2, max_cols=2)
+    marked = set()  # which breakdown marks were drawn, for the legend
     for ax, other_key in zip(axes, keys):
         group = panels[other_key]
         ticks = {}
@@ -277,9 +303,10 @@ def figure_ap_vs_size(study, cells, summary, out_dir: Path):
             by_size = {}
             for c in group:
                 if c["init"] == init and c["best"].get(PRIMARY, {}).get("mean") is not None:
-                    if c["train_size"] not in by_size or c["schedule_factor"] > by_size[c["train_size"]]["schedule_factor"]:
+                    kept = by_size.get(c["train_size"])
+                    if kept is None or c["schedule_factor"] > kept["schedule_factor"]:
                         by_size[c["train_size"]] = c
-            points = sorted(by_size.values(), key=lambda c: c["train_images"] or 0)
+            points = sorted(by_size.values(), key=lambda c: c["train_images"])
             if not points:
                 continue
             xs = [c["train_images"] for c in points]
@@ -306,22 +333,26 @@ def figure_ap_vs_size(study, cells, summary, out_dir: Path):
             ax.axvspan(behind, within, color="0.85", alpha=0.6, lw=0, zorder=0)
             ax.text(math.sqrt(behind * within), 0.04, "breakdown", transform=ax.get_xaxis_transform(),
                     ha="center", va="bottom", fontsize=8, color="0.3")
-            marked = True
+            marked.add("region")
         elif behind:
             ax.axvline(behind, color="0.5", ls="--", lw=1, zorder=0)
             ax.text(behind, 0.97, " random behind\n up to here", transform=ax.get_xaxis_transform(),
                     ha="left", va="top", fontsize=8, color="0.3")
-            marked = True
+            marked.add("line")
     handles = [Line2D([], [], color=init_color(i, sources), marker="o", lw=1.5, label=init_label(i)) for i in inits]
-    if marked:
+    if "region" in marked:
         handles.append(Patch(color="0.85", label="breakdown region"))
+    if "line" in marked:
+        handles.append(Line2D([], [], color="0.5", ls="--", lw=1, label="random behind up to here"))
     fig.legend(handles=handles, loc="outside upper center", ncols=len(handles), frameon=False)
     png, svg = _save(fig, out_dir, "ap_vs_train_size")
+    reference = f" against {study.sources[0]}" if study.sources else ""
     caption = ("Best box AP over the training curve against the number of training images, at the longest "
                "schedule run at each size, mean over seeds with one-standard-deviation error bars. The shaded "
-               "band lies between the largest size where random init is behind by more than the margin "
-               f"({study.margin_ap:.1f} AP, significantly when there are several seeds) and the smallest size "
-               f"from which it stays within the margin (pretrained: {study.sources[0] if study.sources else 'none'}).")
+               f"breakdown band lies between the largest size where random init is behind{reference} by more "
+               f"than the margin ({study.margin_ap:.1f} AP, significantly when there are several seeds) and the "
+               "smallest size from which it stays within the margin; where it is never shown within the margin, "
+               "a dashed line marks the largest size where it is behind.")
     return {"name": "ap_vs_train_size", "title": "Best AP vs training-set size", "caption": caption,
             "png": png, "svg": svg, "width_in": float(fig.get_figwidth())}, None
 
@@ -336,10 +367,11 @@ def figure_compute(study, cells, out_dir: Path):
         return None, "no run is done yet"
     first_other = sorted({json.dumps(c["other"], sort_keys=True) for c in cells})[0]
     group = [c for c in cells if json.dumps(c["other"], sort_keys=True) == first_other]
-    largest = max(group, key=lambda c: c["train_images"] or 0)
+    largest = max(group, key=lambda c: stats.size_sort_key(c["train_size"], c["train_images"]))
     size, images = largest["train_size"], largest["train_images"]
     group = [c for c in group if c["train_size"] == size]
-    schedules = sorted({c["schedule"] for c in group}, key=lambda s: next(c["schedule_factor"] for c in group if c["schedule"] == s))
+    factors = {c["schedule"]: c["schedule_factor"] for c in group}
+    schedules = sorted(factors, key=factors.get)
     inits = [i for i in _inits_in_order(study) if any(c["init"] == i for c in group)]
     sources = study.sources
     quantities = [("images_seen", "images seen", "images_seen"),
@@ -425,8 +457,8 @@ def figure_overfitting(study, out_dir: Path):
     grid = fig.subplots(2, ncols, squeeze=False, sharex="col")
     for col, other_key in enumerate(keys):
         members = groups[other_key]
-        smallest = min(r.train_images or 0 for r in members)
-        members = [r for r in members if (r.train_images or 0) == smallest]
+        smallest = min(stats.size_sort_key(r.train_size, r.train_images) for r in members)
+        members = [r for r in members if stats.size_sort_key(r.train_size, r.train_images) == smallest]
         loss_ax, ap_ax = grid[0][col], grid[1][col]
         drops = set()
         for init in inits:

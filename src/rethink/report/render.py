@@ -27,7 +27,7 @@ STATUS_WORDS = {HOLDS: "holds", DOES_NOT_HOLD: "does not hold", NOT_ENOUGH: "not
 CSS = """
 body { font-family: -apple-system, "Segoe UI", Roboto, "DejaVu Sans", Helvetica, Arial, sans-serif;
        color: #1d1d1f; background: #fff; margin: 0; line-height: 1.45; font-size: 15px; }
-main { max-width: 1120px; margin: 0 auto; padding: 24px 28px 60px; }
+main { max-width: 1180px; margin: 0 auto; padding: 24px 28px 60px; }
 h1 { font-size: 26px; margin: 0 0 4px; }
 h2 { font-size: 20px; margin: 36px 0 10px; border-bottom: 1px solid #ddd; padding-bottom: 4px; }
 h3 { font-size: 16px; margin: 22px 0 8px; }
@@ -50,9 +50,9 @@ figure { margin: 18px 0 28px; }
 figure img { max-width: 100%; height: auto; display: block; margin: 0 auto; border: 1px solid #eee; }
 figcaption { font-size: 13.5px; color: #444; margin-top: 6px; }
 .scroll { overflow-x: auto; margin: 8px 0 18px; }
-table { border-collapse: collapse; font-size: 13px; white-space: nowrap; }
-th, td { padding: 4px 9px; text-align: right; border-bottom: 1px solid #e5e5e5; }
-th { background: #f3f3f3; position: sticky; top: 0; }
+table { border-collapse: collapse; font-size: 12.5px; white-space: nowrap; }
+th, td { padding: 4px 7px; text-align: right; border-bottom: 1px solid #e5e5e5; }
+th { background: #f3f3f3; white-space: normal; vertical-align: bottom; }
 td.l, th.l { text-align: left; }
 tr.failed td { background: #fdecea; }
 tr.running td, tr.pending td { color: #777; }
@@ -166,7 +166,7 @@ def cell_table(summary: dict) -> tuple:
                 keys.append(key)
     headers = ["init", "schedule", "training set"] + (["config"] if any_other else []) + ["n"]
     headers += [k.replace("bbox/", "box ").replace("segm/", "mask ") for k in keys]
-    headers += ["best box AP", "iters to 90% of best", "wall time"]
+    headers += ["best box AP", "iters to 90% of best AP", "wall time"]
     rows = []
     for c in cells:
         row = [c["init"], c["schedule"], _size(c)] + ([stats.other_label(c["other"])] if any_other else [])
@@ -219,7 +219,8 @@ def runs_table(summary: dict) -> tuple:
         progress = f"{stats.fmt_int(r['last_iter']) if r['last_iter'] is not None else 0} / {stats.fmt_int(r['iters'])}"
         if r["state"] == "failed":
             failed = next((f for f in summary["failed"] if f["name"] == r["name"]), {})
-            note = f"failed at iteration {stats.fmt_int(failed.get('iter'))}: {failed.get('reason') or 'no reason recorded'}"
+            reason = failed.get("reason") or "no reason recorded"
+            note = f"failed at iteration {stats.fmt_int(failed.get('iter'))}: {reason}"
         elif r["reason"]:
             note = r["reason"]
         elif r["trunk"]:

@@ -179,6 +179,13 @@ def fmt_ratio(x) -> str:
     return f"{x:.0f}x" if x >= 10 else f"{x:.1f}x" if x >= 0.1 else f"{x:.2g}x"
 
 
+def size_sort_key(train_size, train_images) -> tuple:
+    """Order training sets by their number of images; a full set whose size is not recorded goes last."""
+    if train_images is not None:
+        return (0, train_images)
+    return (0, train_size) if isinstance(train_size, int) else (1, 0)
+
+
 def size_label(train_size, train_images) -> str:
     """'2,000 images', or 'all 8,000 images' for the full training set."""
     if train_size == "full" or not isinstance(train_size, int):
@@ -422,7 +429,8 @@ def build_cells(runs: list) -> list:
     init_order = {}
     for run in [r for r in runs if r.init == RANDOM] + runs:
         init_order.setdefault(run.init, len(init_order))
-    cells.sort(key=lambda c: (c["other_key"], c["train_images"] or 0, c["schedule_factor"], init_order[c["init"]]))
+    cells.sort(key=lambda c: (c["other_key"], size_sort_key(c["train_size"], c["train_images"]),
+                              c["schedule_factor"], init_order[c["init"]]))
     return cells
 
 
@@ -474,7 +482,7 @@ class _Grid:
     def sizes(self) -> list:
         """Sizes with both arms, smallest first (by actual number of training images)."""
         sizes = {size for _, size in self.common}
-        return sorted(sizes, key=lambda s: self.cell(self.source, self._any_schedule(s), s)["train_images"] or 0)
+        return sorted(sizes, key=lambda s: size_sort_key(s, self.train_images(s)))
 
     def _any_schedule(self, size):
         return next(sch for sch, sz in self.common if sz == size)
@@ -579,7 +587,8 @@ def finding_converges_faster(grid: _Grid, margin: float, pretrain_record) -> dic
         lead = (f"Pre-training ({src}) is not ahead by more than the {margin:.1f} AP margin at the shortest "
                 f"schedule ({where}): ")
     else:
-        lead = f"Pre-training ({src}) is ahead on average at the shortest schedule ({where}) but the interval reaches 0: "
+        lead = (f"Pre-training ({src}) is ahead on average at the shortest schedule ({where}) "
+                "but the interval reaches 0: ")
     text = (f"{lead}{fmt_ap(diff['a_mean'])} AP against {fmt_ap(diff['b_mean'])} for random init "
             f"({fmt_signed(diff['mean'])} AP, {fmt_ci(diff)}).")
     if early_iter is not None and early_pre is not None and early_rand is not None:
@@ -642,7 +651,8 @@ def finding_catches_up(grid: _Grid, margin: float) -> dict:
         text += f", first within the margin at {first}" if first else ""
         text += f"; the gap was {fmt_signed(g_short)} AP at {short['schedule']}."
     elif status == DOES_NOT_HOLD:
-        text = f"Random init does not catch up: at the longest schedule ({where}) it reaches {numbers}, more than the {margin:.1f} AP margin behind"
+        text = (f"Random init does not catch up: at the longest schedule ({where}) it reaches {numbers}, "
+                f"more than the {margin:.1f} AP margin behind")
         if closed is not None and closed > 0:
             text += f"; it closed {closed:.0%} of the {fmt_signed(g_short)} AP gap seen at {short['schedule']}."
         else:
@@ -701,11 +711,14 @@ def finding_small_data(grid: _Grid, margin: float) -> dict:
     numbers = (f"{fmt_ap(gap['a_mean'])} best AP vs {fmt_ap(gap['b_mean'])} for random init "
                f"({fmt_signed(gap['mean'])} AP, {fmt_ci(gap)})")
     if status == HOLDS:
-        text = f"Little data hurts random init: with the smallest training set ({where}) {src} reaches {numbers}, more than the {margin:.1f} AP margin."
+        text = (f"Little data hurts random init: with the smallest training set ({where}) {src} reaches "
+                f"{numbers}, more than the {margin:.1f} AP margin.")
     elif status == DOES_NOT_HOLD:
-        text = f"Little data does not hurt random init here: with the smallest training set ({where}) {src} reaches {numbers}, within the {margin:.1f} AP margin."
+        text = (f"Little data does not hurt random init here: with the smallest training set ({where}) {src} "
+                f"reaches {numbers}, within the {margin:.1f} AP margin.")
     else:
-        text = f"With the smallest training set ({where}) {src} reaches {numbers}: ahead on average, but the interval reaches 0."
+        text = (f"With the smallest training set ({where}) {src} reaches {numbers}: ahead on average, "
+                "but the interval reaches 0.")
     largest = per_size[-1]
     largest_label = size_label(largest["train_size"], largest["train_images"])
     if within_from is None and largest["within_margin"] == DOES_NOT_HOLD:
