@@ -81,6 +81,8 @@ class Scale:
     source_size: int  # image side, pixels
     source_train_per_class: int
     source_val_per_class: int
+    source_shape_size: tuple[float, float]  # the labelled shape's circumradius, as a fraction of the side
+    source_distractor_prob: float  # chance of a smaller shape of another class in the image
     source_clutter: int  # up to this many distractor strokes/dots per image
     source_noise: float  # per-image Gaussian pixel-noise sigma drawn from [0, source_noise] (0-255 scale)
     # -- target: the detection set ("COCO")
@@ -112,8 +114,10 @@ SCALES: dict[str, Scale] = {
         source_size=32,
         source_train_per_class=12,
         source_val_per_class=4,
-        source_clutter=4,
-        source_noise=12.0,
+        source_shape_size=(0.16, 0.42),
+        source_distractor_prob=0.5,
+        source_clutter=5,
+        source_noise=16.0,
         target_size=64,
         target_train=40,
         target_val=16,
@@ -132,8 +136,10 @@ SCALES: dict[str, Scale] = {
         source_size=32,
         source_train_per_class=1250,
         source_val_per_class=100,
-        source_clutter=4,
-        source_noise=12.0,
+        source_shape_size=(0.16, 0.42),
+        source_distractor_prob=0.5,
+        source_clutter=5,
+        source_noise=16.0,
         target_size=96,
         target_train=2000,
         target_val=300,
@@ -477,17 +483,29 @@ def source_image(seed: int, split_code: int, class_index: int, index: int, scale
     rng = np.random.default_rng([seed, split_code, class_index, index])
     size = scale.source_size * _SUPERSAMPLE
     canvas, base = _background(rng, size, max_amplitude=60.0)
+    layers = []  # (mask, colour or per-pixel colours, painted over the labelled shape?)
 
-    r = rng.uniform(0.22, 0.42) * size
-    margin = 0.85 * r  # lets a shape touch or slightly cross the border, as photographed objects do
+    r = rng.uniform(*scale.source_shape_size) * size
+    margin = 0.7 * r  # lets a shape cross the border a little, as photographed objects do
     cx, cy = rng.uniform(margin, size - margin, size=2)
     theta = rng.uniform(0, 2 * math.pi)
     w = max(2.0, rng.uniform(0.14, 0.24) * r)
     shape = _SOURCE_DRAW[SOURCE_CLASSES[class_index]](size, cx, cy, r, theta, w, rng)
-    # Mostly clear contrast, sometimes faint: the hard tail that keeps top-1 below 100%.
-    color = _contrasting(rng, base, min_distance=rng.choice([30.0, 90.0], p=[0.25, 0.75]))
+    # Mostly clear contrast, sometimes faint: part of the hard tail that keeps top-1 below 100%.
+    color = _contrasting(rng, base, min_distance=rng.choice([25.0, 90.0], p=[0.35, 0.65]))
+    # Uneven lighting across the shape, so its colour is not one flat value.
+    shading = color + rng.uniform(0, 40) * _smooth_field(rng, size, cells=2)
 
-    clutter = []
+    if rng.random() < scale.source_distractor_prob:
+        # A smaller shape of another class beside or behind the labelled one, as ImageNet photos
+        # hold more than their label: the model must learn which shape dominates.
+        other = (class_index + int(rng.integers(1, scale.num_classes))) % scale.num_classes
+        rr = r * rng.uniform(0.3, 0.55)
+        ox, oy = rng.uniform(rr, size - rr, size=2)
+        ww = max(2.0, rng.uniform(0.14, 0.24) * rr)
+        m = _SOURCE_DRAW[SOURCE_CLASSES[other]](size, ox, oy, rr, rng.uniform(0, 2 * math.pi), ww, rng)
+        layers.append((m, _contrasting(rng, base, 60.0), False))
+
     for _ in range(int(rng.integers(0, scale.source_clutter + 1))):
         if rng.random() < 0.6:
             x0, y0 = rng.uniform(0, size, size=2)
@@ -495,14 +513,14 @@ def source_image(seed: int, split_code: int, class_index: int, index: int, scale
             m = _polyline(size, [(x0, y0), (x0 + length * math.cos(angle), y0 + length * math.sin(angle))], rng.uniform(1, 3))
         else:
             m = _disc(size, *rng.uniform(0, size, size=2), rng.uniform(1.0, 3.0))
-        # A third of the distractors lie over the shape and hide bits of it.
-        clutter.append((m, rng.uniform(0, 255, size=3).astype(np.float32), rng.random() < 0.33))
+        # A third of the strokes lie over the shape and hide bits of it.
+        layers.append((m, rng.uniform(0, 255, size=3).astype(np.float32), rng.random() < 0.33))
 
-    for m, c, on_top in clutter:
+    for m, c, on_top in layers:
         if not on_top:
             canvas[m] = c
-    canvas[shape] = color
-    for m, c, on_top in clutter:
+    canvas[shape] = shading[shape]
+    for m, c, on_top in layers:
         if on_top:
             canvas[m] = c
 

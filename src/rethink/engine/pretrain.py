@@ -72,7 +72,9 @@ class PretrainDataConfig:
     crop_padding: int = 4  # random crop of image_size from the image padded by this many black pixels per side
     hflip_prob: float = 0.5
     num_workers: int = 0  # DataLoader workers, used when images are read from disk per batch
-    cache_images: str = "auto"  # auto | yes | no: decode all images once into memory (auto: if they fit 4 GiB)
+    # auto | yes | no: decode all images once into memory (auto: if they fit in 4 GiB). YAML reads a bare yes/no as
+    # true/false, so booleans are accepted too and stored as yes/no.
+    cache_images: str | bool = "auto"
 
 
 @dataclass(frozen=True)
@@ -122,8 +124,10 @@ def pretrain_config_from_dict(data: dict, overrides=()) -> PretrainConfig:
         cfgmod.set_key(data, key, value)
     cfg = cfgmod._from_dict(PretrainConfig, data)
     validate_pretrain(cfg)
-    absolute = {k: str(Path(getattr(cfg.data, k)).resolve()) for k in ("train", "val")}
-    return dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, **absolute))
+    data_fields = {k: str(Path(getattr(cfg.data, k)).resolve()) for k in ("train", "val")}
+    if isinstance(cfg.data.cache_images, bool):
+        data_fields["cache_images"] = "yes" if cfg.data.cache_images else "no"
+    return dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, **data_fields))
 
 
 def validate_pretrain(cfg: PretrainConfig) -> None:
@@ -156,7 +160,7 @@ def validate_pretrain(cfg: PretrainConfig) -> None:
         raise UserError(f"data.hflip_prob: {d.hflip_prob} must be in [0, 1]")
     if d.num_workers < 0:
         raise UserError(f"data.num_workers: {d.num_workers} must be >= 0")
-    if d.cache_images not in ("auto", "yes", "no"):
+    if d.cache_images not in ("auto", "yes", "no", True, False):
         raise UserError(f"data.cache_images: '{d.cache_images}' must be auto, yes or no")
 
     if s.iters <= 0:
@@ -169,8 +173,10 @@ def validate_pretrain(cfg: PretrainConfig) -> None:
         raise UserError(f"solver.momentum: {s.momentum} must be in [0, 1)")
     if s.weight_decay < 0 or s.weight_decay_norm < 0:
         raise UserError("solver.weight_decay / weight_decay_norm: must be >= 0")
-    if not 0 <= s.warmup_iters <= s.iters:
-        raise UserError(f"solver.warmup_iters: {s.warmup_iters} must be in [0, solver.iters={s.iters}]")
+    # A warm-up longer than the run is allowed (the LR then never reaches base_lr): short runs set by --set
+    # solver.iters=N in smoke tests must not need a second override.
+    if s.warmup_iters < 0:
+        raise UserError(f"solver.warmup_iters: {s.warmup_iters} must be >= 0")
     if not 0 <= s.label_smoothing < 1:
         raise UserError(f"solver.label_smoothing: {s.label_smoothing} must be in [0, 1)")
 
@@ -207,7 +213,7 @@ def read_image(path, size: int) -> np.ndarray:
                 im = im.resize((max(size, round(w * scale)), max(size, round(h * scale))), Image.BILINEAR)
                 left, top = (im.width - size) // 2, (im.height - size) // 2
                 im = im.crop((left, top, left + size, top + size))
-            return np.asarray(im, dtype=np.uint8)
+            return np.array(im, dtype=np.uint8)  # a writable copy: torch.from_numpy wants one
     except (UnidentifiedImageError, OSError, ValueError) as e:
         raise UserError(f"{path}: not a readable image ({str(e).splitlines()[0][:160]})") from None
 
@@ -444,6 +450,8 @@ def pretrain(cfg: PretrainConfig, out: Path, progress: bool = True, stop_after: 
     counts = {"images_seen": 0, "pixels_seen": 0}
     times = {"wall_time_s": 0.0, "train_time_s": 0.0, "data_time_s": 0.0, "eval_time_s": 0.0}
     last_eval = None
+    # Sums over the current log period; checkpointed too, so a resumed run logs the same lines.
+    period = {"iters": 0, "images": 0, "loss": 0.0, "correct": 0, "time_s": 0.0, "data_s": 0.0}
     resumed = ckpt.latest(out)
     if resumed is not None:
         start_iter, path = resumed
@@ -454,6 +462,7 @@ def pretrain(cfg: PretrainConfig, out: Path, progress: bool = True, stop_after: 
         counts.update(state["counts"])
         times.update(state["times"])
         last_eval = state.get("last_eval")
+        period.update(state["period"])
         del state
         kept = [r for r in read_jsonl(out / "metrics.jsonl") if r.get("iter", 0) <= start_iter]
         atomic_write_text(out / "metrics.jsonl", "".join(_jsonl(r) for r in kept))
@@ -489,14 +498,15 @@ def pretrain(cfg: PretrainConfig, out: Path, progress: bool = True, stop_after: 
             "counts": dict(counts),
             "times": elapsed_times(),
             "last_eval": last_eval,
+            "period": {**period, "loss": float(loss_sum), "correct": int(correct_sum)},
             "config": config_dict,
         }
         # Only the newest is kept: it is all a resume needs, and backbone.safetensors is the product.
         ckpt.save(out, it, state, keep_last=1)
 
-    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-    correct_sum = torch.zeros((), dtype=torch.int64, device=device)
-    period_iters, period_images, period_data, period_start = 0, 0, 0.0, time.perf_counter()
+    # Summed on the device: no CPU-GPU sync per iteration, only at log time.
+    loss_sum = torch.tensor(period["loss"], dtype=torch.float64, device=device)
+    correct_sum = torch.tensor(period["correct"], dtype=torch.int64, device=device)
     bar = tqdm(total=max_iter, initial=start_iter, disable=not progress, dynamic_ncols=True, desc=out.name,
                unit="it", mininterval=1.0)
     model.train()
@@ -526,40 +536,42 @@ def pretrain(cfg: PretrainConfig, out: Path, progress: bool = True, stop_after: 
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+            # Throughput counts the iterations themselves (data + step), not logging, evaluation or checkpoints.
             # On CPU the step is done here; on CUDA the sum over many iterations is still right (queue back-pressure).
-            times["train_time_s"] += time.perf_counter() - t_iter
+            step_s = time.perf_counter() - t_iter
+            times["train_time_s"] += step_s
             times["data_time_s"] += data_s
 
             done = it + 1
             n = len(labels)
             counts["images_seen"] += n
             counts["pixels_seen"] += n * pixels_per_image
-            # Summed on the device: no CPU-GPU sync per iteration, only at log time.
             loss_sum += loss.detach().double()
             correct_sum += (logits.detach().argmax(1) == labels).sum()
-            period_iters += 1
-            period_images += n
-            period_data += data_s
+            period["iters"] += 1
+            period["images"] += n
+            period["time_s"] += step_s
+            period["data_s"] += data_s
             bar.update(1)
 
             if done % cfg.log_period == 0 or done == max_iter:
-                period_s = time.perf_counter() - period_start
-                mean_loss = float(loss_sum) / period_iters
+                mean_loss = float(loss_sum) / period["iters"]
                 if not math.isfinite(mean_loss):
                     bar.close()
                     raise RunFailed(
-                        f"{out}: non-finite loss between iterations {done - period_iters + 1} and {done}; "
+                        f"{out}: non-finite loss between iterations {done - period['iters'] + 1} and {done}; "
                         "lower solver.base_lr or lengthen solver.warmup_iters"
                     )
                 row = {"type": "train", "iter": done, "loss": mean_loss, "lr": lr,
-                       "train_top1": 100.0 * int(correct_sum) / period_images,
-                       "img_per_s": period_images / period_s if period_s > 0 else 0.0,
-                       "data_fraction": period_data / period_s if period_s > 0 else 0.0, **counts}
+                       "train_top1": 100.0 * int(correct_sum) / period["images"],
+                       "img_per_s": period["images"] / period["time_s"] if period["time_s"] > 0 else 0.0,
+                       "data_fraction": period["data_s"] / period["time_s"] if period["time_s"] > 0 else 0.0,
+                       **counts}
                 append_jsonl(out / "metrics.jsonl", row)
                 bar.set_postfix(loss=f"{mean_loss:.3f}", lr=f"{lr:.3g}", img_s=f"{row['img_per_s']:.0f}")
                 loss_sum.zero_()
                 correct_sum.zero_()
-                period_iters, period_images, period_data, period_start = 0, 0, 0.0, time.perf_counter()
+                period = {"iters": 0, "images": 0, "loss": 0.0, "correct": 0, "time_s": 0.0, "data_s": 0.0}
 
             if done in eval_points:
                 t0 = time.perf_counter()
@@ -567,7 +579,6 @@ def pretrain(cfg: PretrainConfig, out: Path, progress: bool = True, stop_after: 
                 times["eval_time_s"] += time.perf_counter() - t0
                 append_jsonl(out / "metrics.jsonl", {"type": "eval", "iter": done, **last_eval})
                 bar.write(f"{out.name} iter {done}: val top-1 {last_eval['top1']:.2f}%")
-                period_start = time.perf_counter()  # evaluation time is not training throughput
 
             stop = signals.stop or (stop_after is not None and done >= stop_after and done < max_iter)
             if done % cfg.checkpoint_period == 0 or done == max_iter or stop:
@@ -579,10 +590,8 @@ def pretrain(cfg: PretrainConfig, out: Path, progress: bool = True, stop_after: 
                                   "run the same command to resume")
     bar.close()
 
-    if last_eval is None:  # resumed from the final checkpoint of a run killed before its record was written
-        t0 = time.perf_counter()
-        last_eval = evaluate_top1(model, val_set, normalize, device, s.batch_size, d.num_workers, dtype)
-        times["eval_time_s"] += time.perf_counter() - t0
+    # The last iteration always evaluates before its checkpoint is written, so a run killed after that checkpoint
+    # but before its record resumes here with the final evaluation restored from the checkpoint.
     save_backbone(out / WEIGHTS, model, cfg, last_eval["top1"])
     final_times = elapsed_times()
     record = {

@@ -374,14 +374,12 @@ def figure_compute(study, cells, out_dir: Path):
     schedules = sorted(factors, key=factors.get)
     inits = [i for i in _inits_in_order(study) if any(c["init"] == i for c in group)]
     sources = study.sources
-    quantities = [("images_seen", "images seen", "images_seen"),
-                  ("instances_seen", "instances seen", None),
-                  ("pixels_seen", "pixels seen", "pixels_seen")]
+    quantities = [("images_seen", "images seen"), ("instances_seen", "instances seen"), ("pixels_seen", "pixels seen")]
 
     fig = Figure(figsize=(10.5, 3.6), dpi=DPI, layout="constrained")
     axes = fig.subplots(1, 3)
     width = 0.8 / max(1, len(inits))
-    for ax, (key, label, pre_key) in zip(axes, quantities):
+    for ax, (key, label) in zip(axes, quantities):
         top = 0.0
         bars = []
         for si, schedule in enumerate(schedules):
@@ -396,8 +394,10 @@ def figure_compute(study, cells, out_dir: Path):
                 pre = None
                 record = study.pretrain.get(init) if init != RANDOM else None
                 if record is not None:
-                    # a classification image has one labelled instance: instances = images where not recorded
-                    pre = record.get(key) if key in record else record.get(pre_key or "images_seen")
+                    pre = record.get(key)
+                    if pre is None and key == "instances_seen":
+                        # a classification image has one labelled instance
+                        pre = record.get("images_seen")
                     if pre is not None:
                         ax.bar(x, pre, width * 0.92, bottom=fine, color=color, alpha=0.35, hatch="///",
                                edgecolor=color, lw=0, zorder=2)
@@ -417,6 +417,7 @@ def figure_compute(study, cells, out_dir: Path):
         ax.yaxis.set_major_formatter(EngFormatter(sep=""))
         ax.grid(axis="x", visible=False)
         ax.set_title(label[0].upper() + label[1:])
+
     def legend_label(init):
         if init == RANDOM:
             return init_label(init)

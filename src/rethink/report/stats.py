@@ -322,7 +322,12 @@ def _load_run(study_dir: Path, index: int, entry: dict) -> RunRecord:
         raise UserError(f"{study_dir / 'study.json'}: runs[{index}] schedule {entry['schedule']!r} "
                         "has no schedule_factor and is not of the form '<N>x'")
     train_size = entry["train_size"]
-    train_images = entry.get("train_images", train_size if isinstance(train_size, int) else None)
+    # the index may leave the actual number of images out; the run records it in final.json
+    train_images = entry.get("train_images")
+    if train_images is None and final is not None:
+        train_images = final.get("train_images")
+    if train_images is None and isinstance(train_size, int):
+        train_images = train_size
     return RunRecord(
         name=entry["name"], path=run_dir, state=state, reason=reason, init=entry["init"],
         schedule=str(entry["schedule"]), schedule_factor=float(factor), train_size=train_size,
@@ -371,7 +376,8 @@ def load_study(study_dir) -> Study:
 def _metric_keys(dicts) -> list:
     keys = set()
     for d in dicts:
-        keys.update(k for k, v in d.items() if "/" in k and (v is None or isinstance(v, (int, float))))
+        keys.update(k for k, v in d.items()
+                    if "/" in k and not k.startswith("eval/") and (v is None or isinstance(v, (int, float))))
     # bbox before segm, then AP, AP50, AP75, APs, APm, APl as the field lists them
     order = ["AP", "AP50", "AP75", "APs", "APm", "APl"]
 
@@ -407,7 +413,7 @@ def build_cells(runs: list) -> list:
             "schedule": schedule,
             "schedule_factor": members[0].schedule_factor,
             "train_size": train_size,
-            "train_images": members[0].train_images,
+            "train_images": next((r.train_images for r in members if r.train_images is not None), None),
             "other": members[0].other,
             "other_key": other_key,
             "n_seeds": len(members),
@@ -648,8 +654,11 @@ def finding_catches_up(grid: _Grid, margin: float) -> dict:
     if status == HOLDS:
         text = (f"Random init catches up: at the longest schedule ({where}) it reaches {numbers}, "
                 f"within the {margin:.1f} AP margin")
-        text += f", first within the margin at {first}" if first else ""
-        text += f"; the gap was {fmt_signed(g_short)} AP at {short['schedule']}."
+        if first == short["schedule"]:
+            text += f"; it is already within the margin at the shortest schedule ({first}, gap {fmt_signed(g_short)} AP)."
+        else:
+            text += (f", first within the margin at {first}" if first else "")
+            text += f"; the gap was {fmt_signed(g_short)} AP at {short['schedule']}."
     elif status == DOES_NOT_HOLD:
         text = (f"Random init does not catch up: at the longest schedule ({where}) it reaches {numbers}, "
                 f"more than the {margin:.1f} AP margin behind")
