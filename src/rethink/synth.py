@@ -114,10 +114,10 @@ SCALES: dict[str, Scale] = {
         source_size=32,
         source_train_per_class=12,
         source_val_per_class=4,
-        source_shape_size=(0.16, 0.42),
-        source_distractor_prob=0.5,
-        source_clutter=5,
-        source_noise=16.0,
+        source_shape_size=(0.2, 0.42),
+        source_distractor_prob=0.4,
+        source_clutter=4,
+        source_noise=14.0,
         target_size=64,
         target_train=40,
         target_val=16,
@@ -136,10 +136,10 @@ SCALES: dict[str, Scale] = {
         source_size=32,
         source_train_per_class=1250,
         source_val_per_class=100,
-        source_shape_size=(0.16, 0.42),
-        source_distractor_prob=0.5,
-        source_clutter=5,
-        source_noise=16.0,
+        source_shape_size=(0.2, 0.42),
+        source_distractor_prob=0.4,
+        source_clutter=4,
+        source_noise=14.0,
         target_size=96,
         target_train=2000,
         target_val=300,
@@ -492,7 +492,7 @@ def source_image(seed: int, split_code: int, class_index: int, index: int, scale
     w = max(2.0, rng.uniform(0.14, 0.24) * r)
     shape = _SOURCE_DRAW[SOURCE_CLASSES[class_index]](size, cx, cy, r, theta, w, rng)
     # Mostly clear contrast, sometimes faint: part of the hard tail that keeps top-1 below 100%.
-    color = _contrasting(rng, base, min_distance=rng.choice([25.0, 90.0], p=[0.35, 0.65]))
+    color = _contrasting(rng, base, min_distance=rng.choice([30.0, 90.0], p=[0.25, 0.75]))
     # Uneven lighting across the shape, so its colour is not one flat value.
     shading = color + rng.uniform(0, 40) * _smooth_field(rng, size, cells=2)
 
@@ -500,7 +500,7 @@ def source_image(seed: int, split_code: int, class_index: int, index: int, scale
         # A smaller shape of another class beside or behind the labelled one, as ImageNet photos
         # hold more than their label: the model must learn which shape dominates.
         other = (class_index + int(rng.integers(1, scale.num_classes))) % scale.num_classes
-        rr = r * rng.uniform(0.3, 0.55)
+        rr = r * rng.uniform(0.3, 0.5)
         ox, oy = rng.uniform(rr, size - rr, size=2)
         ww = max(2.0, rng.uniform(0.14, 0.24) * rr)
         m = _SOURCE_DRAW[SOURCE_CLASSES[other]](size, ox, oy, rr, rng.uniform(0, 2 * math.pi), ww, rng)
