@@ -135,3 +135,41 @@ def test_matrix_that_breaks_the_control_is_refused(coco_data, tmp_path):
     path.write_text(yaml.safe_dump(study))
     with pytest.raises(UserError, match="model.nrom: unknown key"):
         load_study(path)
+
+
+STUDY_KILLS = 8
+
+
+def test_study_killed_at_random_moments_completes_without_redoing_work(tiny_study, tmp_path):
+    import os
+    import random
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    path, reference, _ = tiny_study
+    out = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "rethink", "study", str(path), "--out", str(out), "--jobs", "2", "--no-progress"]
+    rng = random.Random(7)
+    finished_before: dict[str, int] = {}
+    for _ in range(STUDY_KILLS):
+        # its own session, so the kill takes the study and the runs it started
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        time.sleep(rng.uniform(1.0, 9.0))
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        for final in out.glob("runs/*/final.json"):
+            finished_before.setdefault(final.parent.name, len(read_jsonl(final.parent / "segments.jsonl")))
+    result = run_cli("study", path, "--out", out, "--jobs", "2", "--no-progress")
+    assert result.returncode == 0, result.stderr
+    index = read_json(out / "study.json")
+    assert all(r["state"] == "done" for r in index["runs"])
+    for r in index["runs"]:
+        got, want = read_json(out / r["path"] / "final.json"), read_json(reference / r["path"] / "final.json")
+        assert same(got["final"], want["final"]), r["name"]
+        segments = read_jsonl(out / r["path"] / "segments.jsonl")
+        ckpt_iters = {0, r["fork_iter"] or 0} | set(range(4, r["iters"] + 1, 4))
+        assert all(s["start_iter"] in ckpt_iters for s in segments), r["name"]
+        if r["name"] in finished_before:  # finished before a kill: never started again
+            assert len(segments) == finished_before[r["name"]], r["name"]

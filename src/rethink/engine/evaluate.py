@@ -65,16 +65,18 @@ def evaluate(model, dataset, gt: dict, device, batch_size: int = 8, amp_dtype=No
         results += detections_for_batch(outputs, [t["image_id"] for t in targets], label_to_cat, with_masks)
         images += len(batch_images)
     elapsed = time.perf_counter() - start
-    gathered = distributed.all_gather_objects(results)
+    # with each shard's image count: eval/images then says how many images the ranks really ran
+    gathered = distributed.all_gather_objects((results, images))
     metrics = None
     if distributed.is_main():
-        all_results = [r for part in gathered for r in part]
+        all_results = [r for part, _ in gathered for r in part]
+        ran = sum(n for _, n in gathered)
         ids = {img["id"] for img in dataset.images}
         scored_gt = gt if len(ids) == len(gt["images"]) else _restrict_gt(gt, ids)
         iou_types = ("bbox", "segm") if with_masks else ("bbox",)
         metrics = coco_metrics(scored_gt, all_results, iou_types=iou_types)
-        metrics["eval/images"] = len(ids)
-        metrics["eval/img_per_s"] = images * world / elapsed if elapsed > 0 else 0.0
+        metrics["eval/images"] = ran
+        metrics["eval/img_per_s"] = ran / elapsed if elapsed > 0 else 0.0
     metrics = distributed.broadcast_object(metrics)
     if was_training:
         model.train()

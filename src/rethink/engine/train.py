@@ -7,11 +7,13 @@ running the same command again resumes from the last checkpoint, and a finished 
 """
 
 import json
+import os
 import signal
 import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 import yaml
 from tqdm import tqdm
@@ -47,6 +49,18 @@ def amp_dtype(cfg: RunConfig, device: torch.device):
     if device.type != "cuda" or not cfg.solver.amp:
         return None
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def draw_seed(seed: int, it: int, rank: int) -> int:
+    """The global RNG's seed for iteration `it` on process `rank`.
+
+    torchvision samples RPN anchors and RoIs with the global RNG. Seeding it at every iteration from
+    (seed, iteration, rank) gives every process a stream of its own (with one stream shared by all ranks, two
+    ranks drawing from candidate sets of the same size pick the same positions), and makes an iteration's draws
+    independent of what ran before it: a resumed or forked run, even one resumed with another number of
+    processes, draws what a fresh run with that number of processes draws at that iteration.
+    """
+    return int(np.random.SeedSequence([seed, it, rank]).generate_state(1, np.uint64)[0])
 
 
 def load_datasets(cfg: RunConfig, progress: bool = False):
@@ -142,8 +156,11 @@ def train(cfg: RunConfig, out_dir, *, fork_from: Path | None = None, keep_iters=
     """
     out = Path(out_dir)
     device = resolve_device(cfg)
-    rank, world_size, _ = distributed.init_from_env(device.type)
+    rank, world_size, local_rank = distributed.init_from_env(device.type)
     is_main = rank == 0
+    if device.type == "cuda":
+        # an explicit index: DDP's device_ids, and every .to(device), name this process's own GPU
+        device = torch.device("cuda", local_rank)
     if cfg.solver.batch_size % world_size:
         raise UserError(f"solver.batch_size: {cfg.solver.batch_size} is not divisible by {world_size} processes")
     _check_run_dir(out, cfg)
@@ -158,16 +175,16 @@ def train(cfg: RunConfig, out_dir, *, fork_from: Path | None = None, keep_iters=
         )
 
     train_set, val_set, _, val_check = load_datasets(cfg)
-    if is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(out / "config.yaml", cfgmod.dump_yaml(cfg))
-    distributed.barrier()
-
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     if cfg.deterministic:
-        torch.use_deterministic_algorithms(True, warn_only=False)
+        if device.type == "cuda":
+            # cuBLAS is deterministic only with a fixed workspace (read when its handle is created, i.e. later).
+            # torchvision's roi_align backward has no deterministic CUDA kernel (atomic adds): warn, do not stop.
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=device.type == "cuda")
     if device.type == "cuda":
+        # Autotuned conv kernels: a new tuning per distinct padded input size, amortized over a long run.
         torch.backends.cudnn.benchmark = not cfg.deterministic
 
     # Build: the same seed gives the same random weights in every arm; init then only touches the backbone.
@@ -175,6 +192,11 @@ def train(cfg: RunConfig, out_dir, *, fork_from: Path | None = None, keep_iters=
     num_classes = len(train_set.cat_ids)
     model = build_detector(cfg.model, cfg.data, num_classes)
     init_report = init_from_source(model, cfg.init, cfg.model)
+    # Only now, with data and weights known good, does the run directory come into existence.
+    if is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out / "config.yaml", cfgmod.dump_yaml(cfg))
+    distributed.barrier()
     set_mode_sizes(model, training=True)
     model.to(device)
     if cfg.model.norm == "syncbn" and world_size > 1:
@@ -208,9 +230,11 @@ def train(cfg: RunConfig, out_dir, *, fork_from: Path | None = None, keep_iters=
     if is_main:
         atomic_write_json(out / "init.json", init_report)
         # one line per process that trains this run: where it started (a resume must start at a checkpoint)
+        # world_size too: a run may be resumed with another number of processes (the sample stream, the global
+        # batch and the per-iteration draws are defined for any number; see draw_seed and InfiniteSampler)
         append_jsonl(out / "segments.jsonl", {"start_iter": start_iter, "resumed": resumed is not None,
                                               "forked": resumed is None and fork_from is not None,
-                                              "time": time.time()})
+                                              "world_size": world_size, "time": time.time()})
     counts = {"images_seen": 0, "instances_seen": 0, "pixels_seen": 0, "nonfinite_skipped": 0}
     best, best_iter, wall_before = None, None, 0.0
     if state is not None:
@@ -300,6 +324,7 @@ def train(cfg: RunConfig, out_dir, *, fork_from: Path | None = None, keep_iters=
             lr = base_lr * sched.lr_factor(it, drops, s.warmup_iters, s.warmup_factor, s.gamma)
             for group in optimizer.param_groups:
                 group["lr"] = lr
+            torch.manual_seed(draw_seed(cfg.seed, it, rank))
             images, targets = next(data_iter)
             images = [im.to(device, non_blocking=True) for im in images]
             targets = [{k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in t.items()}
@@ -345,11 +370,18 @@ def train(cfg: RunConfig, out_dir, *, fork_from: Path | None = None, keep_iters=
             if log_now:
                 elapsed = time.perf_counter() - period_start
                 terms = {k: float(v) / period_iters for k, v in loss_sums.items()}
+                if world_size > 1:
+                    # Each process's loss terms are means over its own images; the global batch's loss is their
+                    # mean (every image contributes the same number of sampled anchors and RoIs), and that is
+                    # also the loss whose gradient DDP's averaging gives.
+                    keys = sorted(terms)
+                    summed = distributed.all_reduce_sum([terms[k] for k in keys], device)
+                    terms = {k: v / world_size for k, v in zip(keys, summed)}
                 row = {"type": "train", "iter": done, "loss": sum(terms.values()), **terms, "lr": lr,
                        "grad_norm": grad_norm, "img_per_s": period_images / elapsed if elapsed > 0 else 0.0,
                        **global_counts()}
                 if device.type == "cuda":
-                    row["max_mem_mb"] = torch.cuda.max_memory_allocated() / 2**20
+                    row["max_mem_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
                 if is_main:
                     append_jsonl(out / "metrics.jsonl", row)
                 bar.set_postfix(loss=f"{row['loss']:.3f}", lr=f"{lr:.2g}", img_s=f"{row['img_per_s']:.1f}")
@@ -400,6 +432,8 @@ def train(cfg: RunConfig, out_dir, *, fork_from: Path | None = None, keep_iters=
         "device": device.type,
         "world_size": world_size,
     }
+    if device.type == "cuda":
+        final["max_mem_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
     if is_main:
         atomic_write_json(final_path, final)
     distributed.barrier()

@@ -1,0 +1,257 @@
+"""A corpus of broken inputs through the real CLI: each gives one clear line, exit code 2, no traceback,
+and leaves earlier results untouched."""
+
+import hashlib
+import json
+import pickle
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import save_file
+
+from conftest import make_coco, tiny_config_dict, write_config
+from rethink.cli import main
+from rethink.config import config_from_dict
+from rethink.engine.train import train
+
+
+class _Payload:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, (f"touch {self.marker}",))
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    root = tmp_path_factory.mktemp("bad")
+    make_coco(root / "data", n_train=8, n_val=4)
+    finished = root / "finished"
+    train(config_from_dict(tiny_config_dict(root / "data"), ["solver.iters_1x=4", "eval_period=0"]), finished,
+          progress=False)
+    return root, finished
+
+
+def _digest(folder: Path) -> str:
+    h = hashlib.sha256()
+    for p in sorted(folder.rglob("*")):
+        if p.is_file():
+            h.update(p.name.encode() + p.read_bytes())
+    return h.hexdigest()
+
+
+def _data_copy(root: Path, name: str, mutate) -> Path:
+    """A copy of the valid dataset with one thing broken; returns the data root."""
+    dst = root / name
+    if dst.exists():
+        shutil.rmtree(dst)
+    shutil.copytree(root / "data", dst)
+    mutate(dst)
+    return dst
+
+
+def _edit_json(path: Path, fn):
+    data = json.loads(path.read_text())
+    fn(data)
+    path.write_text(json.dumps(data))
+
+
+def _config(root: Path, name: str, data_root: Path | None = None, **top) -> Path:
+    cfg = tiny_config_dict(data_root or root / "data")
+    cfg.update(top)
+    return write_config(root / f"{name}.yaml", cfg)
+
+
+def _study(root: Path, name: str, body: dict) -> Path:
+    path = root / f"{name}.study.yaml"
+    _config(root, "study_base")
+    path.write_text(yaml.safe_dump({"base": "study_base.yaml", **body}))
+    return path
+
+
+def case_config_missing(root):
+    return ["train", str(root / "nope.yaml"), "--out", str(root / "o")], "config file not found"
+
+
+def case_yaml_syntax(root):
+    p = root / "syntax.yaml"
+    p.write_text("model: {detector: [\n")
+    return ["train", str(p), "--out", str(root / "o")], "not valid YAML"
+
+
+def case_yaml_python_tag(root):
+    p = root / "tag.yaml"
+    p.write_text("!!python/object/apply:os.system ['touch hacked']\n")
+    return ["train", str(p), "--out", str(root / "o")], "not valid YAML"
+
+
+def case_unknown_key(root):
+    return ["train", str(_config(root, "c")), "--out", str(root / "o"), "--set", "solver.lr=0.1"], "solver.lr: unknown key"
+
+
+def case_wrong_type(root):
+    return ["train", str(_config(root, "c")), "--out", str(root / "o"), "--set", "solver.batch_size=eight"], "solver.batch_size: expected an integer"
+
+
+def case_negative_lr(root):
+    return ["train", str(_config(root, "c")), "--out", str(root / "o"), "--set", "solver.base_lr=-1"], "solver.base_lr"
+
+
+def case_bad_schedule(root):
+    return ["train", str(_config(root, "c")), "--out", str(root / "o"), "--set", "solver.schedule=long"], "solver.schedule: 'long'"
+
+
+def case_unknown_norm(root):
+    return ["train", str(_config(root, "c")), "--out", str(root / "o"), "--set", "model.norm=ln"], "model.norm: 'ln'"
+
+
+def case_unknown_backbone(root):
+    return ["train", str(_config(root, "c")), "--out", str(root / "o"), "--set", "model.backbone=vgg"], "model.backbone: 'vgg'"
+
+
+def case_syncbn_on_cpu(root):
+    return ["train", str(_config(root, "c")), "--out", str(root / "o"), "--set", "model.norm=syncbn", "--set", "device=cpu"], "syncbn needs CUDA"
+
+
+def case_warmup_past_drop(root):
+    return ["train", str(_config(root, "c")), "--out", str(root / "o"), "--set", "solver.warmup_iters=50"], "solver.warmup_iters"
+
+
+def case_set_without_value(root):
+    return ["train", str(_config(root, "c")), "--out", str(root / "o"), "--set", "seed"], "expected KEY=VALUE"
+
+
+def case_train_size_too_large(root):
+    return ["train", str(_config(root, "c")), "--out", str(root / "o"), "--set", "data.train_size=500"], "500"
+
+
+def case_weights_missing(root):
+    return ["train", str(_config(root, "c")), "--out", str(root / "o"), "--set", f"init={root / 'none.safetensors'}"], "not found"
+
+
+def case_weights_do_not_fit(root):
+    save_file({"conv1.weight": torch.zeros(8, 3, 3, 3)}, str(root / "partial.safetensors"))
+    return ["train", str(_config(root, "c")), "--out", str(root / "o"), "--set", f"init={root / 'partial.safetensors'}"], "does not fit model.backbone"
+
+
+def case_weights_pickle_runs_code(root):
+    with open(root / "evil.pt", "wb") as f:
+        pickle.dump({"conv1.weight": _Payload(root / "code_ran")}, f)
+    return ["train", str(_config(root, "c")), "--out", str(root / "o"), "--set", f"init={root / 'evil.pt'}"], "refused to load"
+
+
+def case_annotations_not_json(root):
+    d = _data_copy(root, "notjson", lambda d: (d / "train" / "annotations.json").write_text("{oops"))
+    return ["train", str(_config(root, "c", d)), "--out", str(root / "o")], "annotations.json"
+
+
+def case_unknown_image_id(root):
+    d = _data_copy(root, "unknownimg", lambda d: _edit_json(
+        d / "train" / "annotations.json", lambda j: j["annotations"][0].update(image_id=999)))
+    return ["train", str(_config(root, "c", d)), "--out", str(root / "o")], "999"
+
+
+def case_image_file_missing(root):
+    d = _data_copy(root, "noimage", lambda d: (d / "train" / "images" / "00001.png").unlink())
+    return ["train", str(_config(root, "c", d)), "--out", str(root / "o")], "00001.png"
+
+
+def case_file_name_escapes(root):
+    d = _data_copy(root, "escape", lambda d: _edit_json(
+        d / "train" / "annotations.json", lambda j: j["images"][0].update(file_name="../../etc/passwd")))
+    return ["train", str(_config(root, "c", d)), "--out", str(root / "o")], "../../etc/passwd"
+
+
+def case_truncated_image(root):
+    def cut(d):
+        p = d / "val" / "images" / "00002.png"
+        p.write_bytes(p.read_bytes()[:200])
+    d = _data_copy(root, "truncated", cut)
+    return ["train", str(_config(root, "c", d)), "--out", str(root / "o")], "00002.png"
+
+
+def case_duplicate_image_id(root):
+    d = _data_copy(root, "dupid", lambda d: _edit_json(
+        d / "train" / "annotations.json", lambda j: j["images"][1].update(id=j["images"][0]["id"])))
+    return ["train", str(_config(root, "c", d)), "--out", str(root / "o")], "duplicate"
+
+
+def case_zero_width_box(root):
+    d = _data_copy(root, "zerobox", lambda d: _edit_json(
+        d / "train" / "annotations.json", lambda j: j["annotations"][0]["bbox"].__setitem__(2, 0)))
+    return ["train", str(_config(root, "c", d)), "--out", str(root / "o")], "non-positive"
+
+
+def case_categories_differ(root):
+    d = _data_copy(root, "cats", lambda d: _edit_json(
+        d / "val" / "annotations.json", lambda j: j["categories"].append({"id": 9, "name": "extra"})))
+    return ["train", str(_config(root, "c", d)), "--out", str(root / "o")], "categories differ"
+
+
+def case_check_data_missing_key(root):
+    d = _data_copy(root, "nokey", lambda d: _edit_json(d / "val" / "annotations.json", lambda j: j.pop("categories")))
+    return ["check-data", str(_config(root, "c", d))], "categories"
+
+
+def case_study_without_random(root):
+    return ["plan", str(_study(root, "norandom", {"matrix": {"init": ["imagenet", "x.safetensors"]}}))], "needs `random`"
+
+
+def case_study_unknown_key(root):
+    return ["plan", str(_study(root, "unknown", {"matrix": {"init": ["random", "imagenet"]}, "runs": 3}))], "unknown key runs"
+
+
+def case_study_init_in_set(root):
+    return ["plan", str(_study(root, "setinit", {"set": {"init": "imagenet"},
+                                                 "matrix": {"init": ["random", "imagenet"]}}))], "init is the matrix axis"
+
+
+def case_study_bad_matrix_value(root):
+    return ["plan", str(_study(root, "badsched", {"matrix": {"init": ["random", "imagenet"],
+                                                             "solver.schedule": ["2x", "soon"]}}))], "'soon'"
+
+
+def case_status_not_a_study(root):
+    return ["status", str(root)], "no study.json"
+
+
+def case_report_not_a_study(root):
+    return ["report", str(root / "nothing_here")], "study.json"
+
+
+def case_eval_weights_do_not_fit(root):
+    torch.save({"model": {"x": torch.zeros(1)}}, root / "other.pt")
+    return ["eval", str(_config(root, "c")), "--weights", str(root / "other.pt")], "does not fit"
+
+
+def case_out_dir_holds_another_run(root):
+    return ["train", str(_config(root, "c")), "--out", str(root / "finished"), "--set", "seed=9"], "different config"
+
+
+CASES = [v for k, v in sorted(globals().items()) if k.startswith("case_")]
+
+
+def test_corpus_is_large_enough():
+    assert len(CASES) >= 25
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.__name__[len("case_"):])
+def test_bad_input_gives_one_clear_line(world, case, capsys):
+    root, finished = world
+    before = _digest(finished)
+    argv, expected = case(root)
+    code = main(argv)
+    err = capsys.readouterr().err
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert code == 2, err
+    assert len(lines) == 1 and lines[0].startswith("rethink: error: ") and "Traceback" not in err, err
+    assert expected in lines[0], lines[0]
+    assert _digest(finished) == before  # earlier results untouched
+    assert not (root / "o").exists()  # a refused command leaves nothing behind
+    assert not (root / "code_ran").exists() and not (Path.cwd() / "hacked").exists()
