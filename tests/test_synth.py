@@ -78,6 +78,7 @@ def test_source_loads_as_imagefolder(bench):
     assert len(train) == 240 and len(val) == 80
     assert manifest["source"]["classes"] == classes
     assert manifest["source"]["num_images"] == {"train": 240, "val": 80}
+    assert (manifest["counts"]["source_classes"], manifest["counts"]["source_train"]) == (20, 240)
     counts = np.bincount([label for _, label in train.samples], minlength=20)
     assert counts.tolist() == [12] * 20
     img, label = train[0]
@@ -109,6 +110,8 @@ def test_target_annotations_load_in_both_coco_apis(bench, split, n_images):
         assert [c["name"] for c in coco.loadCats(coco.getCatIds())] == list(synth.TARGET_CATEGORIES)
         assert len(coco.getAnnIds()) == manifest["target"]["num_annotations"][split]
     assert manifest["target"]["num_images"][split] == n_images
+    assert manifest["counts"][f"target_{split}"] == n_images
+    assert manifest["counts"][f"target_{split}_annotations"] == manifest["target"]["num_annotations"][split]
 
 
 @pytest.mark.parametrize("split", ["train", "val"])

@@ -252,13 +252,12 @@ class ImageSet(torch.utils.data.Dataset):
 
     def decode_all(self, progress: bool = False) -> None:
         """Decode every image into one (N, 3, size, size) uint8 tensor (about 3 KiB per 32x32 image)."""
-        images = torch.empty((len(self), self.size, self.size, 3), dtype=torch.uint8)
-        array = images.numpy()  # shares memory: rows are written in place, no per-image tensor
+        images = torch.empty((len(self), 3, self.size, self.size), dtype=torch.uint8)
+        array = images.numpy()  # shares memory: each image is written in place, channels-first, no second copy
         for i, path in enumerate(tqdm(self.paths, desc=f"decode {Path(self.root).name}", unit="img",
                                       disable=not progress, mininterval=1.0, leave=False)):
-            array[i] = read_image(path, self.size)
-        # channels-first for the model; made contiguous once, so gathering a batch is one copy
-        self.images = images.permute(0, 3, 1, 2).contiguous()
+            array[i] = read_image(path, self.size).transpose(2, 0, 1)
+        self.images = images
 
     def __getitem__(self, item):
         index, flip = item
@@ -304,7 +303,8 @@ class Normalize:
 
 
 def load_splits(cfg: PretrainConfig, progress: bool = False) -> tuple[ImageSet, ImageSet, bool]:
-    """Both splits, checked (same classes, readable images); decoded into memory when the cache applies."""
+    """Both splits with the same classes; decoded into memory when the cache applies (a broken image fails here,
+    before training, instead of in the middle of it)."""
     d = cfg.data
     train_set = ImageSet(d.train, d.image_size, "data.train")
     val_set = ImageSet(d.val, d.image_size, "data.val", classes=train_set.classes)

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import yaml
+from torchvision.models.detection._utils import BalancedPositiveNegativeSampler
 from tqdm import tqdm
 
 from rethink import config as cfgmod
@@ -51,16 +52,43 @@ def amp_dtype(cfg: RunConfig, device: torch.device):
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
 
-def draw_seed(seed: int, it: int, rank: int) -> int:
-    """The global RNG's seed for iteration `it` on process `rank`.
+class ImageKeyedSampler(BalancedPositiveNegativeSampler):
+    """torchvision's positive/negative sampler (RPN anchors, box-head RoIs) with each image's draws seeded by a key.
 
-    torchvision samples RPN anchors and RoIs with the global RNG. Seeding it at every iteration from
-    (seed, iteration, rank) gives every process a stream of its own (with one stream shared by all ranks, two
-    ranks drawing from candidate sets of the same size pick the same positions), and makes an iteration's draws
-    independent of what ran before it: a resumed or forked run, even one resumed with another number of
-    processes, draws what a fresh run with that number of processes draws at that iteration.
+    torchvision draws for a batch's images one after another from the global RNG, so what an image gets depends
+    on which images share its process and on everything drawn before. The training loop sets `keys` to the
+    images' positions in the sample stream (see InfiniteSampler), so an image's anchors and RoIs are the same
+    whether its global batch runs in one process or is split over several (no rank repeats another's stream),
+    and a resumed or forked run draws exactly what an uninterrupted one draws.
     """
-    return int(np.random.SeedSequence([seed, it, rank]).generate_state(1, np.uint64)[0])
+
+    def __init__(self, batch_size_per_image: int, positive_fraction: float, seed: int, salt: int):
+        super().__init__(batch_size_per_image, positive_fraction)
+        self.seed, self.salt = seed, salt  # salt: the RPN's and the box head's draws are independent
+        self.keys: list[int] = []
+
+    def __call__(self, matched_idxs):
+        if len(self.keys) != len(matched_idxs):
+            raise RuntimeError(f"sampler keys for {len(self.keys)} images, batch of {len(matched_idxs)}")
+        pos_idx, neg_idx = [], []
+        for key, matched in zip(self.keys, matched_idxs):
+            # torchvision's randperm takes no generator: seed the global one (CPU and CUDA) for this image
+            image_seed = np.random.SeedSequence([self.seed, key, self.salt]).generate_state(1, np.uint64)[0]
+            torch.manual_seed(int(image_seed))
+            pos, neg = super().__call__([matched])
+            pos_idx += pos
+            neg_idx += neg
+        return pos_idx, neg_idx
+
+
+def keyed_samplers(model, seed: int) -> list[ImageKeyedSampler]:
+    """Put image-keyed samplers in the detector's RPN and box head (same sizes and fractions); returns them."""
+    samplers = []
+    for salt, head in enumerate((model.rpn, model.roi_heads)):
+        old = head.fg_bg_sampler
+        head.fg_bg_sampler = ImageKeyedSampler(old.batch_size_per_image, old.positive_fraction, seed, salt)
+        samplers.append(head.fg_bg_sampler)
+    return samplers
 
 
 def load_datasets(cfg: RunConfig, progress: bool = False):
@@ -192,6 +220,7 @@ def train(cfg: RunConfig, out_dir, *, fork_from: Path | None = None, keep_iters=
     num_classes = len(train_set.cat_ids)
     model = build_detector(cfg.model, cfg.data, num_classes)
     init_report = init_from_source(model, cfg.init, cfg.model)
+    draw_samplers = keyed_samplers(model, cfg.seed)
     # Only now, with data and weights known good, does the run directory come into existence.
     if is_main:
         out.mkdir(parents=True, exist_ok=True)
@@ -231,7 +260,7 @@ def train(cfg: RunConfig, out_dir, *, fork_from: Path | None = None, keep_iters=
         atomic_write_json(out / "init.json", init_report)
         # one line per process that trains this run: where it started (a resume must start at a checkpoint)
         # world_size too: a run may be resumed with another number of processes (the sample stream, the global
-        # batch and the per-iteration draws are defined for any number; see draw_seed and InfiniteSampler)
+        # batch and each image's anchor/RoI draws do not depend on it; see InfiniteSampler, ImageKeyedSampler)
         append_jsonl(out / "segments.jsonl", {"start_iter": start_iter, "resumed": resumed is not None,
                                               "forked": resumed is None and fork_from is not None,
                                               "world_size": world_size, "time": time.time()})
@@ -324,8 +353,10 @@ def train(cfg: RunConfig, out_dir, *, fork_from: Path | None = None, keep_iters=
             lr = base_lr * sched.lr_factor(it, drops, s.warmup_iters, s.warmup_factor, s.gamma)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            torch.manual_seed(draw_seed(cfg.seed, it, rank))
             images, targets = next(data_iter)
+            first = it * s.batch_size + rank * len(images)  # this process's images' positions in the stream
+            for sampler in draw_samplers:
+                sampler.keys = list(range(first, first + len(images)))
             images = [im.to(device, non_blocking=True) for im in images]
             targets = [{k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in t.items()}
                        for t in targets]
