@@ -15,7 +15,6 @@ What differs between 1 and 2 processes, and what does not:
 
 import shutil
 import statistics
-import time
 from pathlib import Path
 
 import pytest
@@ -32,9 +31,9 @@ from rethink.fileio import read_json, read_jsonl
 from rethink.models import backbone as bb
 
 ITERS = 48
-# Iterations where the two runs are the same computation up to float rounding (measured: the first flip of a
-# discrete choice is at iteration 10, where a loss term moves by 6e-6; through iteration 9 every loss term agrees
-# within 2e-7 relative). The exact comparison stops one iteration short of it.
+# Iterations where the two runs are the same computation up to float rounding. Measured, largest relative
+# difference of a loss term: <= 2.1e-7 through iteration 8, 8e-7 at 9, 1.4e-5 at 10, 3.5e-3 at 11 (a flip: from
+# there on the runs part). The exact comparison covers the first 8.
 EXACT_ITERS = 8
 KEEP = 8  # a checkpoint kept in both runs: the parameters after the exact phase, and where the resume test starts
 
@@ -84,18 +83,18 @@ def test_two_processes_see_the_same_samples_and_only_rank_0_writes(runs):
 def test_loss_curves_agree(runs):
     _, one, two = runs
     rows1, rows2 = train_rows(one), train_rows(two)
-    # Same computation up to float rounding: every loss term within 1e-5 relative (measured at most 1.8e-7),
-    # and DDP's averaged gradient equals one process's gradient of the whole batch (grad_norm alike).
+    # Same computation up to float rounding: every loss term within 1e-5 relative (measured at most 2.1e-7), and
+    # DDP's averaged gradient is one process's gradient of the whole batch (grad_norm: measured at most 6.8e-7).
     for a, b in zip(rows1[:EXACT_ITERS], rows2[:EXACT_ITERS]):
         for key in [k for k in a if k.startswith("loss")] + ["grad_norm"]:
             assert b[key] == pytest.approx(a[key], rel=1e-5, abs=1e-7), (a["iter"], key)
-    # After the first flip the runs are different trajectories. Measured at this size: 1 vs 2 processes, mean loss
-    # of iterations 9-48 0.666 vs 0.745 (+12%); four 1-process runs that differ only in their anchor/RoI draws
-    # ranged 0.657-0.716. 25% is that spread with a margin; a lost factor 2 in the gradient, or a process training
-    # on the other's images, moves the early exact phase far beyond 1e-5 anyway.
+    # After the flip the runs are two trajectories of the same training. Measured, mean loss of iterations 9-48:
+    # 0.684 (1 process), 0.743 (2 processes, +8.6%); four 1-process runs that differ only in their anchor/RoI draws
+    # gave 0.694, 0.699, 0.728, 0.741. 15% covers that spread between two such runs with a margin. (An averaging
+    # or sharding error, e.g. a summed gradient or a process training on another's images, breaks the exact phase.)
     late1 = statistics.mean(r["loss"] for r in rows1[EXACT_ITERS:])
     late2 = statistics.mean(r["loss"] for r in rows2[EXACT_ITERS:])
-    assert late2 == pytest.approx(late1, rel=0.25)
+    assert late2 == pytest.approx(late1, rel=0.15)
     assert late1 < 0.5 * rows1[0]["loss"] and late2 < 0.5 * rows2[0]["loss"]  # both learn
 
 
@@ -104,7 +103,7 @@ def test_parameters_agree_after_the_exact_phase(runs):
     p1 = ckpt.load(ckpt.checkpoint_path(one, KEEP))["model"]
     p2 = ckpt.load(ckpt.checkpoint_path(two, KEEP))["model"]
     assert p1.keys() == p2.keys()
-    # measured: largest difference 2e-7 over all parameters (their scale is ~0.1-1)
+    # measured: largest difference 1.2e-7 over all parameters (largest magnitude 1.1)
     worst = max(float((p1[k].float() - p2[k].float()).abs().max()) for k in p1)
     assert worst < 1e-5
 
@@ -112,9 +111,11 @@ def test_parameters_agree_after_the_exact_phase(runs):
 def test_final_ap_agrees(runs):
     _, one, two = runs
     ap1, ap2 = eval_rows(one)[-1]["bbox/AP"], eval_rows(two)[-1]["bbox/AP"]
-    # Measured: 4.67 (1 process) and 4.45 (2 processes). At 48 iterations of a tiny model AP is noisy: the four
-    # 1-process runs that differ only in their anchor/RoI draws ended at 0.51, 1.45, 1.49 and 2.88. A 3 AP
-    # tolerance is what that spread allows; the exact checks above are the sharp ones.
+    # Measured: 4.67 (1 process) and 4.45 (2 processes). After 48 iterations of a tiny model on 8 val images AP is
+    # mostly trajectory noise: the four 1-process runs that differ only in their anchor/RoI draws ended at 0.51,
+    # 1.45, 1.49 and 2.88, so no tolerance much under that range (~4 AP) is meaningful between two trajectories.
+    # The runs are deterministic, so 3 AP is a regression bound on the measured 0.22; the sharp checks of the
+    # distributed path are the exact phase above and the sharded evaluation below.
     assert abs(ap1 - ap2) < 3.0
     assert ap1 > 1.0 and ap2 > 1.0
 
@@ -183,21 +184,22 @@ def test_study_with_the_torchrun_executor(coco_data, tmp_path):
 
 def test_study_with_the_slurm_executor_on_submitit_local(coco_data, tmp_path):
     """submitit's local executor runs each run as a job; the shorter schedule waits for its trunk's fork point."""
-    path = write_tiny_study(tmp_path, coco_data, {"init": ["random"], "solver.schedule": ["1x", "2x"],
+    path = write_tiny_study(tmp_path, coco_data, {"init": ["random", "WEIGHTS"], "solver.schedule": ["1x", "2x"],
                                                   "data.train_size": ["full"], "seed": [0]})
     out = tmp_path / "out"
     proc = run_cli("study", path, "--out", out, "--executor", "slurm", "--slurm-cluster", "local", "--no-progress")
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     index = read_json(out / "study.json")
-    assert len(index["runs"]) == 2 and all(r["state"] == "done" for r in index["runs"])
-    by_schedule = {r["schedule"]: out / r["path"] for r in index["runs"]}
-    trunk, fork = by_schedule["2x"], by_schedule["1x"]
-    fork_segment = read_jsonl(fork / "segments.jsonl")[0]
-    fork_final = read_json(fork / "final.json")
-    # the fork started from the trunk's checkpoint at its first LR drop and trained only its tail
-    assert fork_segment["forked"] and fork_segment["start_iter"] == 4
-    assert fork_final["forked_from"] == str(ckpt.checkpoint_path(trunk, 4))
-    assert fork_final["iters"] == 6 and fork_final["images_seen"] == 6 * 4
-    # ...and it started only once its trunk's job had finished
-    assert fork_segment["time"] >= (trunk / "final.json").stat().st_mtime
+    assert len(index["runs"]) == 4 and all(r["state"] == "done" for r in index["runs"])
+    for init in ("random", "weights"):
+        by_schedule = {r["schedule"]: out / r["path"] for r in index["runs"] if r["init"] == init}
+        trunk, fork = by_schedule["2x"], by_schedule["1x"]
+        fork_segment = read_jsonl(fork / "segments.jsonl")[0]
+        fork_final = read_json(fork / "final.json")
+        # the fork started from its trunk's checkpoint at its first LR drop and trained only its tail...
+        assert fork_segment["forked"] and fork_segment["start_iter"] == 4
+        assert fork_final["forked_from"] == str(ckpt.checkpoint_path(trunk, 4))
+        assert fork_final["iters"] == 6 and fork_final["images_seen"] == 6 * 4
+        # ...once its trunk's job had finished
+        assert fork_segment["time"] >= (trunk / "final.json").stat().st_mtime
     assert any((out / "slurm").iterdir())  # submitit's job folder: logs and pickles of each job

@@ -167,8 +167,8 @@ def test_study_killed_at_random_moments_completes_without_redoing_work(tiny_stud
     assert all(r["state"] == "done" for r in index["runs"])
     for r in index["runs"]:
         got, want = read_json(out / r["path"] / "final.json"), read_json(reference / r["path"] / "final.json")
-        assert same(got["final"], want["final"]), r["name"]
         segments = read_jsonl(out / r["path"] / "segments.jsonl")
+        assert same(got["final"], want["final"]), (r["name"], got["final"], want["final"], segments)
         ckpt_iters = {0, r["fork_iter"] or 0} | set(range(4, r["iters"] + 1, 4))
         assert all(s["start_iter"] in ckpt_iters for s in segments), r["name"]
         if r["name"] in finished_before:  # finished before a kill: never started again

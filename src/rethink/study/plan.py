@@ -87,7 +87,7 @@ def _slug(value) -> str:
     return re.sub(r"[^A-Za-z0-9.]+", "-", str(value)).strip("-")
 
 
-def load_study(path: Path, overrides=(), pretrain_dir: Path | None = None) -> Study:
+def load_study(path: Path, overrides=(), pretrain_dir: Path | None = None, share_trunks: bool = True) -> Study:
     """Read and validate a study file; errors name the study file and the key."""
     path = Path(path)
     data = cfgmod.read_yaml(path)
@@ -162,7 +162,8 @@ def load_study(path: Path, overrides=(), pretrain_dir: Path | None = None) -> St
     if not isinstance(margin, (int, float)) or margin < 0:
         raise UserError(f"{path}: report.margin_ap: expected a non-negative number of AP points")
     gpu_ips = float(data.get("gpu_img_per_s", DEFAULT_GPU_IMG_PER_S))
-    study = Study(path, str(data.get("name", path.stem)), tuple(_share_trunks(list(runs.values()))),
+    specs = _share_trunks(list(runs.values())) if share_trunks else sorted(runs.values(), key=lambda r: r.name)
+    study = Study(path, str(data.get("name", path.stem)), tuple(specs),
                   pretrain_paths, float(margin), gpu_ips)
     _check_controlled(study)
     return study

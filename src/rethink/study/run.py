@@ -231,9 +231,10 @@ def run_pretrain_steps(study: Study, study_dir: Path, overrides=(), progress: bo
 
 
 def run_study(study_path: Path, out: Path, executor: str = "local", jobs: int | None = None, nproc: int = 1,
-              slurm: dict | None = None, progress: bool = True, overrides=(), pretrain_overrides=()) -> int:
+              slurm: dict | None = None, progress: bool = True, overrides=(), pretrain_overrides=(),
+              share_trunks: bool = True) -> int:
     out = Path(out)
-    study = load_study(study_path, overrides, pretrain_dir=out / "pretrain")
+    study = load_study(study_path, overrides, pretrain_dir=out / "pretrain", share_trunks=share_trunks)
     out.mkdir(parents=True, exist_ok=True)
     with store.StudyLock(out):
         atomic_write_text(out / "study.yaml", Path(study_path).read_text())
