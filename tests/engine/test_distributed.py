@@ -13,8 +13,13 @@ What differs between 1 and 2 processes, and what does not:
   which the two runs are two different (equally valid) trajectories. The tolerances below come from measuring it.
 """
 
+import os
+import re
 import shutil
+import signal
 import statistics
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -27,6 +32,7 @@ from rethink.config import config_from_dict
 from rethink.engine import checkpoint as ckpt
 from rethink.engine.run_eval import evaluate_weights
 from rethink.engine.train import train
+from rethink.errors import Interrupted
 from rethink.fileio import read_json, read_jsonl
 from rethink.models import backbone as bb
 
@@ -203,3 +209,37 @@ def test_study_with_the_slurm_executor_on_submitit_local(coco_data, tmp_path):
         # ...once its trunk's job had finished
         assert fork_segment["time"] >= (trunk / "final.json").stat().st_mtime
     assert any((out / "slurm").iterdir())  # submitit's job folder: logs and pickles of each job
+
+
+def test_sigusr2_saves_then_hands_over_to_the_requeue_handler(coco_data, tmp_path):
+    """Under submitit a SLURM job's SIGUSR2 (time limit near, or preemption) requeues it. Training keeps the signal
+    until the iteration's checkpoint is written, then calls the handler that was listening before it."""
+    cfg = config_from_dict(tiny_config_dict(coco_data))  # 12 iterations, checkpoints every 4
+    out = tmp_path / "run"
+    calls = []
+
+    def requeue_handler(signum, frame):  # stands where submitit's checkpoint_and_try_requeue is in a SLURM job
+        calls.append((signum, ckpt.latest(out)[0]))
+
+    def send_when_training():
+        metrics = out / "metrics.jsonl"
+        while not (metrics.exists() and metrics.stat().st_size > 0):  # a first logged iteration
+            time.sleep(0.05)
+        os.kill(os.getpid(), signal.SIGUSR2)
+
+    old = signal.signal(signal.SIGUSR2, requeue_handler)
+    try:
+        sender = threading.Thread(target=send_when_training)
+        sender.start()
+        with pytest.raises(Interrupted, match="stopped by SIGUSR2 at iteration") as stopped:
+            train(cfg, out, progress=False)
+        sender.join()
+    finally:
+        signal.signal(signal.SIGUSR2, old)
+    stopped_at = int(re.search(r"at iteration (\d+)", str(stopped.value)).group(1))
+    assert 2 <= stopped_at < 12
+    # called once, after the checkpoint of the iteration it stopped at was on disk
+    assert calls == [(signal.SIGUSR2, stopped_at)]
+    final = train(cfg, out, progress=False)  # the requeued job: resumes from that checkpoint
+    assert read_jsonl(out / "segments.jsonl")[-1]["start_iter"] == stopped_at
+    assert final["images_seen"] == 12 * 4

@@ -14,7 +14,9 @@ def init_from_env(device_kind: str) -> tuple[int, int, int]:
     if world_size > 1 and not dist.is_initialized():
         backend = "nccl" if device_kind == "cuda" else "gloo"
         if device_kind == "cuda":
-            torch.cuda.set_device(local_rank)
+            # torchrun, and SLURM without GPU binding, show every process all the node's GPUs (take the
+            # local rank's); SLURM with per-task binding shows each process only its own (index 0).
+            torch.cuda.set_device(local_rank % torch.cuda.device_count())
         dist.init_process_group(backend=backend)
     return rank, world_size, local_rank
 

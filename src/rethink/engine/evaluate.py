@@ -50,6 +50,7 @@ def evaluate(model, dataset, gt: dict, device, batch_size: int = 8, amp_dtype=No
         batch_size=batch_size,
         shuffle=False,
         num_workers=num_workers,
+        pin_memory=torch.device(device).type == "cuda",  # with non_blocking copies below
         collate_fn=_collate,
         # its own generator: creating a DataLoader iterator must not draw from the global RNG that training uses
         generator=torch.Generator().manual_seed(0),

@@ -156,7 +156,13 @@ def _jsonl(row) -> str:
 
 
 class _Signals:
-    """SIGINT/SIGTERM set a flag; the loop saves a checkpoint at the end of the iteration and stops."""
+    """SIGINT/SIGTERM set a flag; the loop saves a checkpoint at the end of the iteration and stops.
+
+    SIGUSR2 too, when a handler is already listening for it: submitit's, which requeues a SLURM job that is near
+    its time limit (or preempted, where the cluster sends the job's signal then). The loop saves first and then
+    hands the signal over (hand_over), so the requeued job resumes from that iteration, not from the last
+    periodic checkpoint.
+    """
 
     def __init__(self):
         self.stop = None
@@ -166,10 +172,17 @@ class _Signals:
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGINT, signal.SIGTERM):
                 self._old[sig] = signal.signal(sig, self._handle)
+            if callable(signal.getsignal(signal.SIGUSR2)):
+                self._old[signal.SIGUSR2] = signal.signal(signal.SIGUSR2, self._handle)
         return self
 
     def _handle(self, signum, frame):
         self.stop = signal.Signals(signum).name
+
+    def hand_over(self):
+        """Pass a SIGUSR2 we kept to the handler that was there before (submitit: requeue this job and exit)."""
+        if self.stop == "SIGUSR2" and callable(self._old.get(signal.SIGUSR2)):
+            self._old[signal.SIGUSR2](signal.SIGUSR2, None)
 
     def __exit__(self, *exc):
         for sig, handler in self._old.items():
@@ -184,11 +197,12 @@ def train(cfg: RunConfig, out_dir, *, fork_from: Path | None = None, keep_iters=
     """
     out = Path(out_dir)
     device = resolve_device(cfg)
-    rank, world_size, local_rank = distributed.init_from_env(device.type)
+    rank, world_size, _ = distributed.init_from_env(device.type)
     is_main = rank == 0
     if device.type == "cuda":
-        # an explicit index: DDP's device_ids, and every .to(device), name this process's own GPU
-        device = torch.device("cuda", local_rank)
+        # an explicit index (the one init_from_env chose): DDP's device_ids and every .to(device) name this
+        # process's own GPU
+        device = torch.device("cuda", torch.cuda.current_device())
     if cfg.solver.batch_size % world_size:
         raise UserError(f"solver.batch_size: {cfg.solver.batch_size} is not divisible by {world_size} processes")
     _check_run_dir(out, cfg)
@@ -366,8 +380,13 @@ def train(cfg: RunConfig, out_dir, *, fork_from: Path | None = None, keep_iters=
 
             # A CPU-GPU sync point, taken on purpose: a non-finite loss must stop the run at this iteration.
             finite = bool(torch.isfinite(loss).item())
+            stop = signals.stop is not None
             if world_size > 1:
-                finite = distributed.all_reduce_sum([0.0 if finite else 1.0], device)[0] == 0
+                # Every process must take the same two decisions, with one all-reduce: skip this step (a non-finite
+                # loss on any process) and stop after it (a signal reaches the processes at different iterations;
+                # a process that stopped alone would leave the others waiting in a collective).
+                flags = distributed.all_reduce_sum([0.0 if finite else 1.0, 1.0 if stop else 0.0], device)
+                finite, stop = flags[0] == 0, flags[1] > 0
             if not finite:
                 counts["nonfinite_skipped"] += 1
                 terms = {k: float(v.detach().float().item()) for k, v in loss_dict.items()}
@@ -421,8 +440,10 @@ def train(cfg: RunConfig, out_dir, *, fork_from: Path | None = None, keep_iters=
 
             if done in eval_points:
                 t0 = time.perf_counter()
+                # On a GPU, decoding full-size val images in the main process would leave it idle; on a CPU the
+                # workers' start-up would cost more than the small images they decode.
                 result = evaluate(model, val_set, val_check.coco, device, batch_size=max(1, s.batch_size // world_size),
-                                  amp_dtype=dtype, num_workers=0)
+                                  amp_dtype=dtype, num_workers=cfg.data.num_workers if device.type == "cuda" else 0)
                 eval_time += time.perf_counter() - t0
                 # AP metrics are deterministic; the eval/ timing entries go to the log line only
                 metrics = {k: v for k, v in result.items() if not k.startswith("eval/")}
@@ -433,13 +454,16 @@ def train(cfg: RunConfig, out_dir, *, fork_from: Path | None = None, keep_iters=
                     bar.write(f"{out.name} iter {done}: bbox/AP {metrics['bbox/AP']:.2f}")
                 period_start = time.perf_counter()  # evaluation time is not training throughput
 
-            if done % cfg.checkpoint_period == 0 or done in keep_iters or done == max_iter or signals.stop:
+            if world_size == 1:
+                stop = signals.stop is not None  # alone, a process can act on a signal that came during this step
+            if done % cfg.checkpoint_period == 0 or done in keep_iters or done == max_iter or stop:
                 save_checkpoint(done)
-            if signals.stop and done < max_iter:
+            if stop and done < max_iter:
                 bar.close()
                 hook.remove()
-                raise Interrupted(f"{out}: stopped by {signals.stop} at iteration {done}; checkpoint saved, "
-                                  "run the same command to resume")
+                signals.hand_over()  # under submitit on SIGUSR2: requeued, resumes from the checkpoint just saved
+                raise Interrupted(f"{out}: stopped by {signals.stop or 'a signal to another process'} at iteration "
+                                  f"{done}; checkpoint saved, run the same command to resume")
     bar.close()
     hook.remove()
 
