@@ -23,7 +23,7 @@ from rethink.engine.pretrain import (
     read_image,
 )
 from rethink.errors import Interrupted, UserError
-from rethink.fileio import read_json, read_jsonl
+from rethink.fileio import read_jsonl
 from rethink.models.detector import backbone_body, build_detector, init_from_source
 
 COLORS = {"blue": (30, 40, 220), "green": (40, 200, 50), "red": (220, 40, 30), "yellow": (230, 220, 40)}
@@ -211,7 +211,8 @@ def test_bundled_config_loads_with_paths_made_absolute(monkeypatch, tmp_path):
     assert cfg.data.image_size == 32 and cfg.solver.iters == 200
     assert cfg.data.train == str(tmp_path / "runs" / "demo" / "benchmark" / "source" / "train")
     # YAML reads a bare no as false: stored as the word the docs use
-    assert load_pretrain_config(REPO / "configs" / "tiny" / "pretrain.yaml", ["data.cache_images=no"]).data.cache_images == "no"
+    no_cache = load_pretrain_config(REPO / "configs" / "tiny" / "pretrain.yaml", ["data.cache_images=no"])
+    assert no_cache.data.cache_images == "no"
 
 
 def test_cosine_lr_values():
@@ -224,8 +225,7 @@ def test_cosine_lr_values():
 
 
 def test_augment_is_pad_crop_flip_per_image():
-    g = torch.Generator().manual_seed(0)
-    images = torch.randint(0, 256, (6, 3, 8, 8), dtype=torch.uint8)
+    images = torch.randint(0, 256, (6, 3, 8, 8), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
     flips = torch.tensor([True, False, True, False, False, True])
     out = augment(images, flips, 2, torch.Generator().manual_seed(3))
     # the same draws, applied one image at a time as torchvision's RandomCrop(padding=2) + flip would
