@@ -23,7 +23,6 @@ SyncBN is not part of this check: torch's SyncBatchNorm needs a process group of
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
 import time

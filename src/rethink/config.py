@@ -66,7 +66,7 @@ class DataConfig:
     min_size_test: int = 800
     hflip_prob: float = 0.5
     num_workers: int = 0
-    cache_images: str = "auto"  # auto | yes | no: keep decoded images in memory (small datasets)
+    cache_images: str | bool = "auto"  # auto | yes | no: keep decoded images in memory (small datasets)
 
 
 @dataclass(frozen=True)
@@ -308,7 +308,7 @@ def validate(cfg: RunConfig) -> None:
         raise UserError(f"data.hflip_prob: {d.hflip_prob} must be in [0, 1]")
     if d.num_workers < 0:
         raise UserError(f"data.num_workers: {d.num_workers} must be >= 0")
-    if d.cache_images not in ("auto", "yes", "no"):
+    if d.cache_images not in ("auto", "yes", "no", True, False):  # YAML reads a bare yes/no as a bool
         raise UserError(f"data.cache_images: '{d.cache_images}' must be auto, yes or no")
 
     factor = sched.parse_schedule(s.schedule)
@@ -381,3 +381,18 @@ def diff(a: dict, b: dict, prefix: str = "") -> list[str]:
         elif va != vb:
             keys.append(path)
     return keys
+
+
+def check_run_dir(out: Path, cfg, what: str = "a run") -> None:
+    """A run directory belongs to one config: refuse another one there (nothing already there is touched)."""
+    existing = Path(out) / "config.yaml"
+    if not existing.exists():
+        return
+    with open(existing, encoding="utf-8") as f:
+        old = yaml.safe_load(f) or {}
+    changed = diff(old, to_dict(cfg))
+    if changed:
+        raise UserError(
+            f"{out}: holds {what} with a different config ({', '.join(changed[:4])} differ); "
+            "use another --out, or the same settings to resume"
+        )

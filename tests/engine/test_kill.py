@@ -6,7 +6,6 @@ import subprocess
 import sys
 import time
 
-import pytest
 
 from conftest import eval_rows, run_cli, same, tiny_config_dict, write_config
 from rethink.config import config_from_dict, to_dict

@@ -1,7 +1,6 @@
 """Real tiny training runs on generated COCO data: learning, controlled arms, resume, failure, skip."""
 
 import json
-import os
 import signal
 import subprocess
 import sys

@@ -57,7 +57,7 @@ class CocoDetection(torch.utils.data.Dataset):
                 anns[ann["image_id"]].append(ann)
         self.anns = [anns[i] for i in image_ids]
         pixels = sum(img["width"] * img["height"] * 3 for img in self.images)
-        self.cache_enabled = cache == "yes" or (cache == "auto" and pixels <= CACHE_BUDGET_BYTES)
+        self.cache_enabled = cache in ("yes", True) or (cache == "auto" and pixels <= CACHE_BUDGET_BYTES)
         self._cache: dict[int, torch.Tensor] = {}
 
     def __len__(self):

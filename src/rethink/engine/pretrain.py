@@ -377,21 +377,6 @@ def save_backbone(path: Path, model, cfg: PretrainConfig, top1: float) -> None:
     atomic_save_with(path, lambda tmp: save_file(state, tmp, metadata=metadata))
 
 
-def _check_run_dir(out: Path, cfg: PretrainConfig) -> None:
-    """A run dir belongs to one config; refuse to mix runs (nothing already there is touched)."""
-    existing = out / "config.yaml"
-    if not existing.exists():
-        return
-    with open(existing, encoding="utf-8") as f:
-        old = yaml.safe_load(f) or {}
-    changed = cfgmod.diff(old, cfgmod.to_dict(cfg))
-    if changed:
-        raise UserError(
-            f"{out}: holds a pre-training run with a different config ({', '.join(changed[:4])} differ); "
-            "use another --out, or the same settings to resume"
-        )
-
-
 # ---------------------------------------------------------------------------------------------------------------
 # the loop
 
@@ -417,7 +402,7 @@ def pretrain(cfg: PretrainConfig, out: Path, progress: bool = True, stop_after: 
     out = Path(out)
     record_path = out / RECORD
     config_dict = cfgmod.to_dict(cfg)
-    _check_run_dir(out, cfg)
+    cfgmod.check_run_dir(out, cfg, "a pre-training run")
     if record_path.exists():
         record = read_json(record_path)
         if record.get("config") == config_dict:
@@ -486,7 +471,6 @@ def pretrain(cfg: PretrainConfig, out: Path, progress: bool = True, stop_after: 
         data_iter = iter(loader)
     normalize = Normalize(device)
     criterion = torch.nn.CrossEntropyLoss(label_smoothing=s.label_smoothing)
-    params = [p for g in optimizer.param_groups for p in g["params"]]
     pixels_per_image = d.image_size * d.image_size
 
     def elapsed_times():

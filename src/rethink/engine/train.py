@@ -15,7 +15,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
 from torchvision.models.detection._utils import BalancedPositiveNegativeSampler
 from tqdm import tqdm
 
@@ -120,21 +119,6 @@ def _param_groups(model, cfg: RunConfig):
     ]
 
 
-def _check_run_dir(out: Path, cfg: RunConfig) -> None:
-    """A run dir belongs to one config; refuse to mix runs (nothing already there is touched)."""
-    existing = out / "config.yaml"
-    if not existing.exists():
-        return
-    with open(existing, encoding="utf-8") as f:
-        old = yaml.safe_load(f) or {}
-    changed = cfgmod.diff(old, cfgmod.to_dict(cfg))
-    if changed:
-        raise UserError(
-            f"{out}: holds a run with a different config ({', '.join(changed[:4])} differ); "
-            "use another --out, or the same settings to resume"
-        )
-
-
 def _fail(out: Path, it: int, reason: str, losses: dict) -> None:
     if distributed.is_main():
         atomic_write_json(out / "FAILED", {"iter": it, "reason": reason, "losses": losses})
@@ -205,7 +189,7 @@ def train(cfg: RunConfig, out_dir, *, fork_from: Path | None = None, keep_iters=
         device = torch.device("cuda", torch.cuda.current_device())
     if cfg.solver.batch_size % world_size:
         raise UserError(f"solver.batch_size: {cfg.solver.batch_size} is not divisible by {world_size} processes")
-    _check_run_dir(out, cfg)
+    cfgmod.check_run_dir(out, cfg, "a run")
     final_path = out / "final.json"
     if final_path.exists():
         return read_json(final_path)
