@@ -314,14 +314,7 @@ def validate(cfg: RunConfig) -> None:
     factor = sched.parse_schedule(s.schedule)
     if s.iters_1x <= 0:
         raise UserError(f"solver.iters_1x: {s.iters_1x} must be positive")
-    if s.batch_size <= 0:
-        raise UserError(f"solver.batch_size: {s.batch_size} must be positive")
-    if s.base_lr <= 0:
-        raise UserError(f"solver.base_lr: {s.base_lr} must be positive")
-    if not 0 <= s.momentum < 1:
-        raise UserError(f"solver.momentum: {s.momentum} must be in [0, 1)")
-    if s.weight_decay < 0 or s.weight_decay_norm < 0:
-        raise UserError("solver.weight_decay / weight_decay_norm: must be >= 0")
+    check_sgd(s)
     if s.warmup_iters < 0 or not 0 < s.warmup_factor <= 1:
         raise UserError("solver.warmup_iters must be >= 0 and solver.warmup_factor in (0, 1]")
     if not 0 < s.gamma <= 1:
@@ -340,6 +333,18 @@ def validate(cfg: RunConfig) -> None:
         raise UserError(f"device: '{cfg.device}' must be auto, cpu or cuda")
     if cfg.threads < 0:
         raise UserError("threads: must be >= 0")
+
+
+def check_sgd(s) -> None:
+    """The SGD settings that detection and pre-training solvers share."""
+    if s.batch_size <= 0:
+        raise UserError(f"solver.batch_size: {s.batch_size} must be positive")
+    if s.base_lr <= 0:
+        raise UserError(f"solver.base_lr: {s.base_lr} must be positive")
+    if not 0 <= s.momentum < 1:
+        raise UserError(f"solver.momentum: {s.momentum} must be in [0, 1)")
+    if s.weight_decay < 0 or s.weight_decay_norm < 0:
+        raise UserError("solver.weight_decay / weight_decay_norm: must be >= 0")
 
 
 def total_iters(cfg: RunConfig) -> int:

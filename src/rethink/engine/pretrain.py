@@ -166,14 +166,7 @@ def validate_pretrain(cfg: PretrainConfig) -> None:
 
     if s.iters <= 0:
         raise UserError(f"solver.iters: {s.iters} must be positive")
-    if s.batch_size <= 0:
-        raise UserError(f"solver.batch_size: {s.batch_size} must be positive")
-    if s.base_lr <= 0:
-        raise UserError(f"solver.base_lr: {s.base_lr} must be positive")
-    if not 0 <= s.momentum < 1:
-        raise UserError(f"solver.momentum: {s.momentum} must be in [0, 1)")
-    if s.weight_decay < 0 or s.weight_decay_norm < 0:
-        raise UserError("solver.weight_decay / weight_decay_norm: must be >= 0")
+    cfgmod.check_sgd(s)
     # A warm-up longer than the run is allowed (the LR then never reaches base_lr): short runs set by --set
     # solver.iters=N in smoke tests must not need a second override.
     if s.warmup_iters < 0:
