@@ -36,6 +36,7 @@ def test_overrides_and_roundtrip(tmp_path):
     ("data.train_size=0", "data.train_size"),
     ("data.train_size=some", "data.train_size"),
     ("model.anchor_sizes=[8,16]", "model.anchor_sizes"),
+    ("model.roi_sampling_ratio=-1", "model.roi_sampling_ratio"),
     ("eval_period=-1", "eval_period"),
     ("seed=1.5", "seed: expected an integer"),
     ("deterministic=maybe", "deterministic: expected true or false"),

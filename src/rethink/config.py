@@ -44,6 +44,9 @@ class ModelConfig:
     rpn_pre_nms_top_n_test: int = 1000
     rpn_post_nms_top_n_test: int = 1000
     box_batch_size_per_image: int = 512
+    # RoIAlign samples per bin side: 2 as Detectron and torchvision, 0 = adaptive (ceil(RoI size / output size),
+    # detectron2's ROIAlignV2 default): one sample per bin for small RoIs, which makes RoIAlign's CPU backward cheaper
+    roi_sampling_ratio: int = 2
     box_detections_per_img: int = 100
     box_score_thresh: float = 0.05
 
@@ -288,6 +291,8 @@ def validate(cfg: RunConfig) -> None:
                  "rpn_batch_size_per_image", "box_batch_size_per_image", "box_detections_per_img"):
         if getattr(m, name) <= 0:
             raise UserError(f"model.{name}: must be positive, got {getattr(m, name)}")
+    if m.roi_sampling_ratio < 0:
+        raise UserError(f"model.roi_sampling_ratio: {m.roi_sampling_ratio} must be >= 0 (0 = adaptive)")
     if m.box_head_num_conv < 0 or m.mask_head_num_conv < 1:
         raise UserError("model.box_head_num_conv must be >= 0 and model.mask_head_num_conv >= 1")
     if not 0 <= m.box_score_thresh < 1:

@@ -159,3 +159,36 @@ def test_eval_command_scores_a_checkpoint(reference_run, tmp_path):
     assert result.returncode == 0, result.stderr
     metrics = json.loads(result.stdout)
     assert metrics["bbox/AP"] == pytest.approx(final["final"]["bbox/AP"], abs=1e-9)
+
+
+def test_keyed_sampler_follows_torchvisions_rule_with_its_own_generator():
+    """Per image: torchvision's counts and selection, the same draws as torchvision's sampler under a global seed
+    equal to the image's seed, a function of (seed, key, salt) only, and the global RNG left alone."""
+    import numpy as np
+    from torchvision.models.detection._utils import BalancedPositiveNegativeSampler
+
+    from rethink.engine.train import ImageKeyedSampler
+
+    gen = torch.Generator().manual_seed(0)
+    matched = [torch.randint(-1, 4, (500,), generator=gen), torch.tensor([0] * 40 + [2] * 3 + [-1] * 7)]
+    sampler = ImageKeyedSampler(64, 0.25, seed=5, salt=1)
+    sampler.keys = [17, 18]
+    state = torch.get_rng_state()
+    pos, neg = sampler(matched)
+    assert torch.equal(torch.get_rng_state(), state)
+    for m, p, n in zip(matched, pos, neg):
+        assert not (p.bool() & n.bool()).any()
+        assert bool((m[p.bool()] >= 1).all()) and bool((m[n.bool()] == 0).all())
+    assert (int(pos[0].sum()), int(neg[0].sum())) == (16, 48)  # enough of both: 25% positives
+    assert (int(pos[1].sum()), int(neg[1].sum())) == (3, 40)  # few positives, then all 40 negatives
+    reference = BalancedPositiveNegativeSampler(64, 0.25)
+    for key, m, p, n in zip(sampler.keys, matched, pos, neg):
+        torch.manual_seed(int(np.random.SeedSequence([5, key, 1]).generate_state(1, np.uint64)[0]))
+        (ref_p,), (ref_n,) = reference([m])
+        assert torch.equal(ref_p, p) and torch.equal(ref_n, n)
+    again = ImageKeyedSampler(64, 0.25, seed=5, salt=1)
+    again.keys = [99, 18]  # image 2 keeps its key: the same draws whatever its neighbour
+    assert torch.equal(again(matched)[0][1], pos[1])
+    other_salt = ImageKeyedSampler(64, 0.25, seed=5, salt=0)
+    other_salt.keys = [17, 18]
+    assert not torch.equal(other_salt(matched)[0][0], pos[0])

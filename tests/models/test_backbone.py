@@ -43,6 +43,10 @@ def test_resnet50_gn_matches_paper_layout():
     head = model.roi_heads.box_head  # 4conv1fc
     assert sum(isinstance(m, nn.Conv2d) for m in head.modules()) == 4
     assert sum(isinstance(m, nn.Linear) for m in head.modules()) == 1
+    # RoIAlign as in Detectron: 2x2 samples per bin unless the config asks otherwise
+    assert model.roi_heads.box_roi_pool.sampling_ratio == 2 and model.roi_heads.mask_roi_pool.sampling_ratio == 2
+    adaptive = build_detector(ModelConfig(detector="mask_rcnn", roi_sampling_ratio=0, **TINY), DATA, 3)
+    assert adaptive.roi_heads.box_roi_pool.sampling_ratio == 0 and adaptive.roi_heads.mask_roi_pool.sampling_ratio == 0
 
 
 def test_freeze_at():

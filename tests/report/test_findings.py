@@ -115,6 +115,10 @@ def test_random_that_does_not_catch_up(tmp_path):
     assert f["first_schedule_within_margin"] is None
     assert 0.4 < f["gap_closed_fraction"] < 0.8
     assert f"closed {f['gap_closed_fraction']:.0%}" in f["text"]
+    # at least half of the shortest schedule's gap closed: said so, in the text and as a flag
+    most = f["gap_closed_fraction"] >= 0.5
+    assert f["closes_most_of_gap"] is most
+    assert f["text"].startswith("Random init closes most of the gap" if most else "Random init does not catch up")
 
 
 def test_pretraining_that_helps_localization(tmp_path):

@@ -78,7 +78,8 @@ def build_detector(m: ModelConfig, d: DataConfig, num_classes: int) -> nn.Module
     c = m.fpn_channels
     anchors = AnchorGenerator(sizes=tuple((s,) for s in m.anchor_sizes), aspect_ratios=(tuple(m.aspect_ratios),) * 5)
     rpn_head = RPNHead(c, anchors.num_anchors_per_location()[0], conv_depth=1)
-    box_pool = MultiScaleRoIAlign(featmap_names=["0", "1", "2", "3"], output_size=7, sampling_ratio=2)
+    box_pool = MultiScaleRoIAlign(featmap_names=["0", "1", "2", "3"], output_size=7,
+                                  sampling_ratio=m.roi_sampling_ratio)
     box_head = FastRCNNConvFCHead(
         (c, 7, 7), [m.box_head_conv_dim] * m.box_head_num_conv, [m.box_head_fc_dim], norm_layer=norm_layer
     )
@@ -103,7 +104,8 @@ def build_detector(m: ModelConfig, d: DataConfig, num_classes: int) -> nn.Module
         box_score_thresh=m.box_score_thresh,
     )
     if m.detector == "mask_rcnn":
-        mask_pool = MultiScaleRoIAlign(featmap_names=["0", "1", "2", "3"], output_size=14, sampling_ratio=2)
+        mask_pool = MultiScaleRoIAlign(featmap_names=["0", "1", "2", "3"], output_size=14,
+                                       sampling_ratio=m.roi_sampling_ratio)
         mask_head = MaskRCNNHeads(c, [m.mask_head_conv_dim] * m.mask_head_num_conv, 1, norm_layer=norm_layer)
         mask_predictor = MaskRCNNPredictor(m.mask_head_conv_dim, m.mask_head_conv_dim, num_classes + 1)
         model = MaskRCNN(backbone, num_classes=None, mask_roi_pool=mask_pool, mask_head=mask_head,
