@@ -3,9 +3,10 @@
 The plain loop is written in the style of torchvision's references/detection (a DataLoader over a dataset that
 reads and decodes each image file when it is drawn, a random sampler, model(images, targets), sum of losses,
 backward, SGD step) on the same model (same builder and seed), the same images, the same batch and the same
-threads. A third loop, the plain loop over rethink's in-memory dataset, separates the data loading from the rest. The two are timed in alternating segments after a
-warm-up; `ratio` = rethink img/s / plain img/s (>= 1.0 means no overhead from logging, checkpointing, evaluation
-scheduling or data loading). It also prints the achieved model FLOP/s as a fraction of this machine's measured
+threads. A third loop, the plain loop over rethink's in-memory dataset, separates the data loading from the rest.
+The loops are timed in alternating segments after a warm-up; `ratio` = rethink img/s / plain img/s, each the
+median over rounds (>= 1.0 means no overhead from logging, checkpointing, evaluation scheduling or data
+loading), and `ratio_paired_median` the median of each round's own ratio (robust to drift between rounds). It also prints the achieved model FLOP/s as a fraction of this machine's measured
 matmul peak, measured in the same run.
 
     python benchmarks/bench_train.py [--quick] [--data DIR]
@@ -137,6 +138,8 @@ def main():
         plain.append(plain_segment(cfg, from_disk, iters))
         plain_cached.append(plain_segment(cfg, train_set, iters))
     ips, plain_ips, cached_ips = statistics.median(ours), statistics.median(plain), statistics.median(plain_cached)
+    # The machine's speed drifts between rounds (shared, noisy): each round's own ratio compares like with like.
+    paired = statistics.median(a / b for a, b in zip(ours, plain))
     flops = flops_per_iteration(cfg, train_set)
     peak = matmul_peak(1.0 if args.quick else 2.0)
     achieved = flops * ips / cfg.solver.batch_size
@@ -144,11 +147,11 @@ def main():
     print(f"plain loop:    {plain_ips:.1f} img/s (segments {', '.join(f'{v:.1f}' for v in plain)})")
     print(f"plain loop over rethink's in-memory dataset: {cached_ips:.1f} img/s "
           f"(segments {', '.join(f'{v:.1f}' for v in plain_cached)})")
-    print(f"ratio {ips / plain_ips:.3f}; model {flops / 1e9:.2f} GFLOP per iteration of {cfg.solver.batch_size} images,"
+    print(f"ratio {ips / plain_ips:.3f} (of the medians), {paired:.3f} (median of each round's ratio); model {flops / 1e9:.2f} GFLOP per iteration of {cfg.solver.batch_size} images,"
           f" {achieved / 1e9:.1f} GFLOP/s achieved vs {peak / 1e9:.1f} GFLOP/s matmul peak "
           f"({100 * achieved / peak:.1f}%), {args.threads} threads")
     print(json.dumps({"ratio": ips / plain_ips, "img_per_s": ips, "plain_img_per_s": plain_ips,
-                      "ratio_vs_plain_cached": ips / cached_ips, "plain_cached_img_per_s": cached_ips,
+                      "ratio_paired_median": paired, "ratio_vs_plain_cached": ips / cached_ips, "plain_cached_img_per_s": cached_ips,
                       "flops_fraction_of_peak": achieved / peak, "gflop_per_iter": flops / 1e9,
                       "peak_gflops": peak / 1e9, "threads": args.threads, "batch_size": cfg.solver.batch_size,
                       "segments": rounds, "iters_per_segment": iters}))
