@@ -7,6 +7,7 @@ import pytest
 from study_fixture import make_study, run_name
 
 from rethink.errors import UserError
+from rethink.fileio import read_jsonl
 from rethink.report import stats
 
 
@@ -54,6 +55,28 @@ def test_converges_faster_numbers(default_study):
     assert f["images_seen_pretraining"] == 1_280_000
     assert f["total_images_to_90_pretrained"] == 1_280_000 + f["iters_to_90_pretrained"] * 2
     assert f["early_iter"] == 600 and f["early_ap_pretrained"] > f["early_ap_random"] + 10
+
+
+def test_converges_faster_iterations_to_reach_pretrained(default_study):
+    """Random init's iterations to reach the AP pretrained has at its first evaluation of the longest curve."""
+    path, summary = default_study
+    f = summary["findings"]["converges_faster"]
+    long, size = f["curve_schedule"], f["train_size"]
+    firsts, reached = [], []
+    for seed in (0, 1, 2):
+        pre = [r for r in read_jsonl(path / "runs" / run_name("pretrain", long, size, seed) / "metrics.jsonl")
+               if r["type"] == "eval"]
+        firsts.append((pre[0]["iter"], pre[0]["bbox/AP"]))
+    target = sum(ap for _, ap in firsts) / 3
+    for seed in (0, 1, 2):
+        rand = [r for r in read_jsonl(path / "runs" / run_name("random", long, size, seed) / "metrics.jsonl")
+                if r["type"] == "eval"]
+        reached.append(next(r["iter"] for r in rand if r["bbox/AP"] >= target))
+    assert f["first_eval_iter_pretrained"] == pytest.approx(sum(i for i, _ in firsts) / 3)
+    assert f["first_eval_ap_pretrained"] == pytest.approx(target)
+    assert f["iters_random_to_reach_it"] == pytest.approx(sum(reached) / 3)
+    assert f["iters_random_to_reach_it"] > 2 * f["first_eval_iter_pretrained"]  # fixture: random 4x slower
+    assert f"random init needs {f['iters_random_to_reach_it']:,.0f} iterations to reach" in f["text"]
 
 
 def test_small_data_numbers(default_study):

@@ -106,6 +106,14 @@ def iters_to_fraction(iters, values, fraction: float = FRACTION_OF_BEST):
     return None  # unreachable: the best point itself passes
 
 
+def iters_to_reach(iters, values, target: float):
+    """First evaluated iteration at which the curve reaches `target` (None when it never does)."""
+    for i, v in sorted((int(i), float(v)) for i, v in zip(iters, values) if _is_number(v)):
+        if v >= target:
+            return i
+    return None
+
+
 def ahead_status(diff: dict, margin: float) -> str:
     """Is the first arm ahead by more than `margin`? (rule in the module docstring)."""
     if diff is None or diff["n"] == 0:
@@ -575,6 +583,17 @@ def finding_converges_faster(grid: _Grid, margin: float, pretrain_record) -> dic
         early_pre = mean_std([_ap_at_or_before(r, early_iter) for r in grid.runs(src, short, size)])["mean"]
         early_rand = mean_std([_ap_at_or_before(r, early_iter) for r in grid.runs(RANDOM, short, size)])["mean"]
 
+    # How far behind random init runs: the iterations it needs to reach the AP pretrained has at its first
+    # evaluation of the longest schedule (a ratio that a late LR drop, lifting both curves at once, cannot hide).
+    first_points = [next(((i, v) for i, v in zip(*r.eval_curve(PRIMARY)) if _is_number(v)), None)
+                    for r in grid.runs(src, long, size)]
+    reach_iter = reach_ap = reach_rand = None
+    if first_points and all(p is not None for p in first_points):
+        reach_iter = mean_std([p[0] for p in first_points])["mean"]
+        reach_ap = mean_std([p[1] for p in first_points])["mean"]
+        reached = [iters_to_reach(*r.eval_curve(PRIMARY), reach_ap) for r in grid.runs(RANDOM, long, size)]
+        reach_rand = mean_std(reached)["mean"] if reached and None not in reached else None
+
     it_pre = mean_std([run_iters_to_90(r) for r in grid.runs(src, long, size)])["mean"]
     it_rand = mean_std([run_iters_to_90(r) for r in grid.runs(RANDOM, long, size)])["mean"]
     ratio = it_rand / it_pre if it_pre and it_rand is not None else None
@@ -600,8 +619,15 @@ def finding_converges_faster(grid: _Grid, margin: float, pretrain_record) -> dic
     if early_iter is not None and early_pre is not None and early_rand is not None:
         text += (f" Before the first LR drop (iteration {fmt_int(early_iter)}): {fmt_ap(early_pre)} against "
                  f"{fmt_ap(early_rand)} AP.")
+    if reach_ap is not None:
+        what = f"the {fmt_ap(reach_ap)} AP that {src} has at iteration {fmt_int(reach_iter)}"
+        if reach_rand is not None:
+            text += (f" On the {long} curve random init needs {fmt_int(reach_rand)} iterations to reach {what} "
+                     f"({fmt_ratio(reach_rand / reach_iter)} as many).")
+        else:
+            text += f" On the {long} curve random init never reaches {what}."
     if it_pre is not None and it_rand is not None:
-        text += (f" On the {long} curve it reaches 90% of its best AP after {fmt_int(it_pre)} iterations, "
+        text += (f" On the {long} curve {src} reaches 90% of its best AP after {fmt_int(it_pre)} iterations, "
                  f"random init after {fmt_int(it_rand)}"
                  + (f" ({fmt_ratio(ratio)} as many)." if ratio is not None else "."))
     if total_pre is not None and img_rand is not None:
@@ -615,7 +641,9 @@ def finding_converges_faster(grid: _Grid, margin: float, pretrain_record) -> dic
         "schedule": short, "train_size": size, "train_images": grid.train_images(size),
         "ap_pretrained": diff["a_mean"], "ap_random": diff["b_mean"], "difference": diff,
         "early_iter": early_iter, "early_ap_pretrained": early_pre, "early_ap_random": early_rand,
-        "curve_schedule": long, "iters_to_90_pretrained": it_pre, "iters_to_90_random": it_rand,
+        "curve_schedule": long, "first_eval_iter_pretrained": reach_iter, "first_eval_ap_pretrained": reach_ap,
+        "iters_random_to_reach_it": reach_rand,
+        "iters_to_90_pretrained": it_pre, "iters_to_90_random": it_rand,
         "iters_to_90_ratio": ratio, "images_to_90_pretrained": img_pre, "images_to_90_random": img_rand,
         "images_seen_pretraining": pre_images, "total_images_to_90_pretrained": total_pre,
         "total_compute_ratio": compute_ratio,
