@@ -1,6 +1,6 @@
 """Pre-training throughput: images per second, and the share of that time spent waiting for data.
 
-Runs `rethink.engine.pretrain.pretrain` with configs/tiny/pretrain.yaml (the bundled benchmark's pre-training:
+Runs `rethink.engine.pretrain.pretrain` with the bundled tiny/pretrain.yaml (the bundled benchmark's pre-training:
 a 16-32-64-128 GN ResNet on 32x32 images) on a generated source set, and side by side:
 - the same run reading images from disk per batch (`data.cache_images=no`), to show what the decode-once
   memory cache buys;
@@ -34,7 +34,7 @@ from rethink.models import backbone as bb
 from rethink.models.detector import IMAGE_MEAN, IMAGE_STD
 
 REPO = Path(__file__).resolve().parents[1]
-CONFIG = REPO / "configs" / "tiny" / "pretrain.yaml"
+CONFIG = REPO / "src" / "rethink" / "configs" / "tiny" / "pretrain.yaml"
 
 
 def source_set(args, workdir: Path) -> Path:

@@ -37,7 +37,7 @@ def main():
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--data", default=None, help="benchmark root (default: generate the demo benchmark)")
     args = parser.parse_args()
-    studies = REPO / "configs" / "studies"
+    studies = REPO / "src" / "rethink" / "configs" / "studies"
     table1 = planned(studies / "paper_table1_r50.yaml")
     work = Path(tempfile.mkdtemp(prefix="bench_study_"))
     data = Path(args.data) if args.data else work / "benchmark"

@@ -115,7 +115,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer, shorter segments (under 2 minutes)")
     parser.add_argument("--data", default=None, help="benchmark root (default: generate the demo benchmark)")
-    parser.add_argument("--config", default=str(REPO / "configs" / "tiny" / "faster_rcnn_gn.yaml"))
+    parser.add_argument("--config", default=str(REPO / "src" / "rethink" / "configs" / "tiny" / "faster_rcnn_gn.yaml"))
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     args = parser.parse_args()
     torch.set_num_threads(args.threads)

@@ -9,7 +9,7 @@ Run through benchmarks/gpu_check.sh (which checks for a GPU first). Steps, all u
 2. weights/resnet50_gn.safetensors: a randomly initialized torchvision ResNet-50 GN body (rethink's own
    builder) saved with safetensors. It stands in for ImageNet weights: the speed check only needs the
    pretrained-from-file path (read, key check, load) to run.
-3. One `rethink train` per (init, batch) with the paper preset configs/paper/mask_rcnn_R50_FPN_gn.yaml and AMP,
+3. One `rethink train` per (init, batch) with the bundled paper preset paper/mask_rcnn_R50_FPN_gn.yaml and AMP,
    a short 1x schedule, evaluation (bbox and segm AP) at the end of each run. Each run is a subprocess with a
    time limit; a run that hits it still reports the throughput of the iterations it logged.
 4. results/NAME.json per run and summary.json; a table on stdout.
@@ -33,7 +33,7 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 
 REPO = Path(__file__).resolve().parents[1]
-PRESET = REPO / "configs" / "paper" / "mask_rcnn_R50_FPN_gn.yaml"
+PRESET = REPO / "src" / "rethink" / "configs" / "paper" / "mask_rcnn_R50_FPN_gn.yaml"
 CATEGORIES = ["rectangle", "ellipse", "triangle", "ring"]
 
 # Full size: the paper's model and input size; four runs of at most time_limit_s each and the data stay under

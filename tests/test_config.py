@@ -1,10 +1,15 @@
 import dataclasses
+from pathlib import Path
 
 import pytest
 import yaml
 
-from conftest import REPO, tiny_config_dict
+import rethink
+from conftest import tiny_config_dict
 from rethink.config import RunConfig, config_from_dict, dump_yaml, load_config, to_dict
+from rethink.configs import bundled_dir, bundled_names, find_config
+from rethink.engine.pretrain import load_pretrain_config
+from rethink.study.plan import load_study
 from rethink.errors import UserError
 
 
@@ -61,8 +66,34 @@ def test_bad_yaml_file(tmp_path):
 
 
 def test_every_shipped_config_loads():
-    for path in sorted((REPO / "configs").glob("*/*.yaml")):
-        if path.parent.name in ("studies",) or path.name.startswith("pretrain"):
+    names = bundled_names()
+    assert {"tiny/faster_rcnn_gn.yaml", "tiny/pretrain.yaml", "studies/demo.yaml", "studies/demo_quick.yaml",
+            "paper/mask_rcnn_R50_FPN_gn.yaml"} <= set(names)
+    for name in names:
+        if name.startswith("studies/") or name.endswith("pretrain.yaml"):
             continue
-        cfg = load_config(path)
+        cfg = load_config(find_config(name))
         assert to_dict(cfg)["model"]["norm"] in ("gn", "syncbn")
+
+
+def test_bundled_configs_are_found_by_name_from_any_folder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    found = find_config("tiny/faster_rcnn_gn.yaml")
+    assert found == bundled_dir() / "tiny" / "faster_rcnn_gn.yaml" and found.is_file()
+    # the bundled folder is the package's own, not the checkout's root
+    assert found.parent.parent == Path(rethink.__file__).parent / "configs"
+    for name in bundled_names():
+        if name.startswith("studies/"):
+            study = load_study(find_config(name))
+            assert study.runs
+        elif name.endswith("pretrain.yaml"):
+            assert load_pretrain_config(find_config(name)).solver.iters > 0
+    # a file of the same name on disk wins over the bundled one
+    (tmp_path / "tiny").mkdir()
+    own = tmp_path / "tiny" / "faster_rcnn_gn.yaml"
+    own.write_text(yaml.safe_dump(tiny_config_dict(tmp_path)))
+    assert find_config("tiny/faster_rcnn_gn.yaml") == Path("tiny/faster_rcnn_gn.yaml")
+    with pytest.raises(UserError, match=r"tiny/nope.yaml: config file not found.*tiny/faster_rcnn_gn.yaml"):
+        find_config("tiny/nope.yaml")
+    with pytest.raises(UserError, match="not a file"):
+        find_config("tiny")

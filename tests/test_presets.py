@@ -2,11 +2,11 @@
 
 import pytest
 
-from conftest import REPO
 from rethink import schedule
 from rethink.config import load_config, total_iters, drop_iters
+from rethink.configs import bundled_dir
 
-PRESETS = sorted((REPO / "configs" / "paper").glob("mask_rcnn_*.yaml"))
+PRESETS = sorted((bundled_dir() / "paper").glob("mask_rcnn_*.yaml"))
 
 
 def test_all_four_presets_exist():

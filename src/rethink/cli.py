@@ -87,17 +87,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _config_path(text: str) -> Path:
+    """A config argument: a file on disk, or the name of a bundled config (`tiny/faster_rcnn_gn.yaml`)."""
+    from rethink.configs import find_config
+
+    return find_config(text)
+
+
 def _load(args):
     from rethink.config import load_config, resolve_paths
 
-    return resolve_paths(load_config(args.config, args.overrides))
+    return resolve_paths(load_config(_config_path(args.config), args.overrides))
 
 
 def cmd_train(args) -> int:
     if args.nproc > 1:
         from rethink.engine.launch import run_torchrun
 
-        argv = ["train", args.config, "--out", args.out] + [a for o in args.overrides for a in ("--set", o)]
+        argv = ["train", str(_config_path(args.config)), "--out", args.out] + [a for o in args.overrides for a in ("--set", o)]
         if args.fork_from:
             argv += ["--fork-from", args.fork_from]
         if args.keep_iters:
@@ -160,7 +167,7 @@ def cmd_data(args) -> int:
 def cmd_pretrain(args) -> int:
     from rethink.engine.pretrain import load_pretrain_config, pretrain
 
-    record = pretrain(load_pretrain_config(args.config, args.overrides), Path(args.out),
+    record = pretrain(load_pretrain_config(_config_path(args.config), args.overrides), Path(args.out),
                       progress=not args.no_progress)
     print(f"{args.out}: backbone.safetensors written, val top-1 {record['top1']:.1f}%, "
           f"{record['images_seen']} images, {record['wall_time_s']:.0f} s")
@@ -170,7 +177,7 @@ def cmd_pretrain(args) -> int:
 def cmd_plan(args) -> int:
     from rethink.study.plan import load_study, plan_summary, print_plan
 
-    study = load_study(Path(args.study), args.overrides)
+    study = load_study(_config_path(args.study), args.overrides)
     summary = plan_summary(study, img_per_s=args.img_per_s)
     if args.json:
         print(json.dumps(summary, indent=2))
@@ -182,7 +189,7 @@ def cmd_plan(args) -> int:
 def cmd_study(args) -> int:
     from rethink.study.run import run_study
 
-    return run_study(Path(args.study), Path(args.out), executor=args.executor, jobs=args.jobs, nproc=args.nproc,
+    return run_study(_config_path(args.study), Path(args.out), executor=args.executor, jobs=args.jobs, nproc=args.nproc,
                      slurm=dict(partition=args.slurm_partition, gpus_per_node=args.slurm_gpus_per_node,
                                 time_min=args.slurm_time_min, folder=args.slurm_folder, cluster=args.slurm_cluster),
                      progress=not args.no_progress, overrides=args.overrides)

@@ -2,7 +2,7 @@
 
 Steps, each skipped when already done (the same command resumes after an interruption):
   1. generate the bundled benchmark (rethink.synth) into OUT/benchmark;
-  2. the demo study (configs/studies/demo.yaml): its pre-training step on the benchmark's source set, then
+  2. the demo study (the bundled studies/demo.yaml): its pre-training step on the benchmark's source set, then
      random vs pretrained init over schedules and training-set sizes on the target set;
   3. the report in OUT/study/report/index.html.
 `--quick` runs the same pipeline on the tiny benchmark with a few iterations (checks the pipeline, not findings).
@@ -11,16 +11,8 @@ Steps, each skipped when already done (the same command resumes after an interru
 import time
 from pathlib import Path
 
-from rethink.errors import UserError
+from rethink.configs import bundled_dir
 from rethink.fileio import atomic_write_json
-
-CONFIGS = Path(__file__).resolve().parents[2] / "configs"
-
-
-def _configs() -> Path:
-    if not (CONFIGS / "studies" / "demo.yaml").exists():
-        raise UserError(f"{CONFIGS}: the demo's configs are not here; run `rethink demo` from a source checkout")
-    return CONFIGS
 
 
 def data_overrides(benchmark: Path) -> tuple[list[str], list[str]]:
@@ -51,7 +43,7 @@ def run_demo(out: Path, quick: bool = False, jobs: int | None = None) -> int:
     from rethink.synth import write_benchmark
 
     out = Path(out).resolve()
-    configs = _configs()
+    configs = bundled_dir()
     timings = {}
     start = time.perf_counter()
 

@@ -205,13 +205,13 @@ def test_config_errors_name_the_key(data_root, tmp_path):
 
 def test_bundled_config_loads_with_paths_made_absolute(monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)
-    cfg = load_pretrain_config(REPO / "configs" / "tiny" / "pretrain.yaml", ["solver.iters=200"])
+    cfg = load_pretrain_config(REPO / "src" / "rethink" / "configs" / "tiny" / "pretrain.yaml", ["solver.iters=200"])
     assert cfg.model.backbone == "tiny" and cfg.model.norm == "gn"
     assert cfg.model.tiny_widths == (16, 32, 64, 128) and cfg.model.tiny_depths == (1, 1, 1, 1)
     assert cfg.data.image_size == 32 and cfg.solver.iters == 200
     assert cfg.data.train == str(tmp_path / "runs" / "demo" / "benchmark" / "source" / "train")
     # YAML reads a bare no as false: stored as the word the docs use
-    no_cache = load_pretrain_config(REPO / "configs" / "tiny" / "pretrain.yaml", ["data.cache_images=no"])
+    no_cache = load_pretrain_config(REPO / "src" / "rethink" / "configs" / "tiny" / "pretrain.yaml", ["data.cache_images=no"])
     assert no_cache.data.cache_images == "no"
 
 
