@@ -13,13 +13,24 @@ from rethink.errors import Interrupted, RunFailed, UserError
 
 
 def _add_overrides(p):
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config key, e.g. --set solver.schedule=2x (repeatable)")
+    # one or more after one --set, and --set may be repeated (MMDetection's --cfg-options a=1 b=2)
+    p.add_argument("--set", dest="overrides", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
+                   help="override config keys, e.g. --set solver.schedule=2x seed=1 (repeatable)")
+
+
+def _version() -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version("rethink")
+    except metadata.PackageNotFoundError:  # imported from a source tree that was never installed
+        return "unknown (not installed)"
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rethink", description="Do you need ImageNet pre-training? "
                                      "Train the same detector from random and pretrained init and compare.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("train", help="train one detector (resumes an unfinished run in --out)")
