@@ -94,6 +94,11 @@ class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     solver: SolverConfig = field(default_factory=SolverConfig)
     init: str = "random"  # random | imagenet | path to backbone weights (.safetensors, or a torch file)
+    # with init: imagenet, which weights: "" = the default for backbone and norm (timm's resnet50_gn.a1h_in1k for
+    # GN, torchvision's IMAGENET1K_V1 for BN), else timm:<model name> or torchvision:<weights enum member>
+    imagenet_weights: str = ""
+    # BatchNorm running statistics in the init weights of a body without BatchNorm are refused unless true
+    init_allow_bn_stats: bool = False
     seed: int = 0
     eval_period: int = 0  # evaluate every N iterations (0: only at the end)
     log_period: int = 20
@@ -330,6 +335,9 @@ def validate(cfg: RunConfig) -> None:
 
     if not cfg.init:
         raise UserError("init: must be random, imagenet, or a path to backbone weights")
+    if cfg.imagenet_weights and not cfg.imagenet_weights.startswith(("timm:", "torchvision:")):
+        raise UserError(f"imagenet_weights: '{cfg.imagenet_weights}' must be timm:<model name> or "
+                        "torchvision:<weights>, e.g. torchvision:ResNet50_Weights.IMAGENET1K_V2 (a file: init=PATH)")
     if cfg.eval_period < 0 or cfg.log_period <= 0 or cfg.checkpoint_period <= 0:
         raise UserError("eval_period must be >= 0, log_period and checkpoint_period > 0")
     if cfg.keep_checkpoints < 1:

@@ -145,6 +145,18 @@ def test_non_finite_steps_can_be_skipped_up_to_a_bound(coco_data, tmp_path):
     assert read_json(tmp_path / "skip" / "FAILED")["iter"] >= 3
 
 
+def test_batchnorm_trained_weights_into_gn_exit_2_naming_the_file(coco_data, tmp_path):
+    torch.manual_seed(0)
+    bn_body, _ = bb.build_resnet("tiny", "bn", (8, 16, 16, 32), (1, 1, 1, 1))
+    weights = tmp_path / "bn_body.safetensors"
+    save_file({k: v.contiguous() for k, v in bn_body.state_dict().items()}, str(weights))
+    config = write_config(tmp_path / "run.yaml", {**tiny_config_dict(coco_data), "init": str(weights)})
+    result = run_cli("train", config, "--out", tmp_path / "run", "--no-progress")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert f"{weights}: holds BatchNorm running statistics" in result.stderr and "init_allow_bn_stats" in result.stderr
+    assert not (tmp_path / "run").exists()  # refused before the run directory exists
+
+
 def test_mask_rcnn_reports_segm(coco_data, tmp_path):
     cfg = config_from_dict(tiny_config_dict(coco_data), ["model.detector=mask_rcnn", "solver.iters_1x=8",
                                                          "eval_period=0"])

@@ -170,3 +170,30 @@ def test_timm_backbone_with_explicit_norm():
     with torch.no_grad():
         out = model([torch.rand(3, 64, 64)])
     assert set(out[0]) == {"boxes", "labels", "scores"}
+
+
+def test_batchnorm_statistics_into_a_gn_body_are_refused_unless_allowed(tmp_path):
+    torch.manual_seed(3)
+    bn_body, _ = bb.build_resnet("tiny", "bn", TINY["tiny_widths"], (1, 1, 1, 1))
+    path = tmp_path / "bn_trained.safetensors"
+    save_file({k: v.contiguous() for k, v in bn_body.state_dict().items()}, str(path))
+    cfg = ModelConfig(**TINY)
+    model = build_detector(cfg, DATA, 2)
+    with pytest.raises(UserError, match=r"bn_trained.safetensors: holds BatchNorm running statistics \(24 keys"):
+        init_from_source(model, str(path), cfg)
+    report = init_from_source(model, str(path), cfg, allow_bn_stats=True)
+    assert report["loaded"] == len(backbone_body(model).state_dict())
+    assert {k.rsplit(".", 1)[1] for k in report["unexpected"]} == {"running_mean", "running_var", "num_batches_tracked"}
+    # a BN body keeps its statistics: nothing to refuse
+    bn_cfg = ModelConfig(**TINY, norm="bn")
+    assert init_from_source(build_detector(bn_cfg, DATA, 2), str(path), bn_cfg)["unexpected"] == []
+
+
+def test_imagenet_weights_name_must_say_where_they_come_from(tmp_path):
+    from conftest import tiny_config_dict
+    from rethink.config import config_from_dict
+
+    with pytest.raises(UserError, match="imagenet_weights: 'resnet50_gn' must be timm:<model name>"):
+        config_from_dict(tiny_config_dict(tmp_path), ["imagenet_weights=resnet50_gn"])
+    with pytest.raises(UserError, match="torchvision has no weights 'NoSuch_Weights.V9'"):
+        bb.imagenet_state_dict("resnet50", "bn", "torchvision:NoSuch_Weights.V9")

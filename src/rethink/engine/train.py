@@ -230,7 +230,7 @@ def train(cfg: RunConfig, out_dir, *, fork_from: Path | None = None, keep_iters=
     torch.manual_seed(cfg.seed)
     num_classes = len(train_set.cat_ids)
     model = build_detector(cfg.model, cfg.data, num_classes)
-    init_report = init_from_source(model, cfg.init, cfg.model)
+    init_report = init_from_source(model, cfg.init, cfg.model, cfg.imagenet_weights, cfg.init_allow_bn_stats)
     draw_samplers = keyed_samplers(model, cfg.seed)
     # Only now, with data and weights known good, does the run directory come into existence.
     if is_main:

@@ -275,14 +275,25 @@ def _normalize_keys(state: dict, wanted: set) -> dict:
     return out
 
 
-def load_backbone_weights(body: nn.Module, state: dict, source: str) -> dict:
+def load_backbone_weights(body: nn.Module, state: dict, source: str, allow_bn_stats: bool = False) -> dict:
     """Load a backbone state dict into `body`; every body key must be present with the right shape.
 
-    Returns a report {loaded, missing, unexpected, ignored_classifier}. Unexpected keys (a classifier head,
-    BatchNorm running statistics when fine-tuning with GroupNorm) are reported and ignored.
+    Returns a report {loaded, missing, unexpected, ignored_classifier}. Unexpected keys (a classifier head) are
+    reported and ignored. BatchNorm running statistics that the body has no place for (BN-trained weights into a
+    GN body) are refused unless `allow_bn_stats`: each layer's weights were learned on activations normalized
+    with those statistics, so the pretrained arm would start from a different function than its source, a
+    confound the paper avoids by fine-tuning GN-pretrained weights with GN.
     """
     own = body.state_dict()
     state = _normalize_keys(state, set(own))
+    bn_stats = [k for k in state if k not in own and k.endswith((".running_mean", ".running_var"))]
+    if bn_stats and not allow_bn_stats:
+        raise UserError(
+            f"{source}: holds BatchNorm running statistics ({len(bn_stats)} keys, e.g. {bn_stats[0]}), which the "
+            f"{', '.join(sorted(norm_layer_types(body))) or 'norm-free'} body has no place for: these weights were "
+            "trained with BatchNorm; use weights trained with the run's norm, or set init_allow_bn_stats: true to "
+            "load them without their statistics"
+        )
     # FrozenBatchNorm2d keeps running stats as buffers; a GN body has none: only compare keys the body has.
     missing = [k for k in own if k not in state and not k.endswith("num_batches_tracked")]
     if missing:
@@ -309,16 +320,44 @@ def load_backbone_weights(body: nn.Module, state: dict, source: str) -> dict:
     }
 
 
-def imagenet_state_dict(backbone: str, norm: str) -> tuple[dict, str]:
+def named_weights_state_dict(name: str, hint: str) -> tuple[dict, str]:
+    """Weights named `timm:<model name>` (timm's pretrained weights of that model) or `torchvision:<weights>`
+    (a torchvision weights enum member, e.g. ResNet50_Weights.IMAGENET1K_V2)."""
+    kind, _, weights = name.partition(":")
+    if kind == "timm":
+        try:
+            import timm
+
+            model = timm.create_model(weights, pretrained=True)
+        except Exception as e:  # hub errors come in many types; all mean "not available here"
+            raise UserError(f"imagenet_weights: could not get timm weights '{weights}' ({type(e).__name__}); {hint}") from None
+        return model.state_dict(), name
+    from torchvision.models import get_weight
+
+    try:
+        weights_enum = get_weight(weights)
+    except (KeyError, ValueError, AttributeError):
+        raise UserError(f"imagenet_weights: torchvision has no weights '{weights}' (e.g. ResNet50_Weights.IMAGENET1K_V2)") from None
+    try:
+        state = weights_enum.get_state_dict(progress=False, check_hash=True)
+    except Exception as e:
+        raise UserError(f"imagenet_weights: could not get torchvision weights {weights} ({type(e).__name__}); {hint}") from None
+    return state, name
+
+
+def imagenet_state_dict(backbone: str, norm: str, weights: str = "") -> tuple[dict, str]:
     """ImageNet weights for a named backbone, from timm or torchvision (needs network or a warm cache).
 
-    GN runs take timm's GroupNorm ResNet-50 (the paper fine-tunes GN-pretrained weights with GN);
-    BN/SyncBN/FrozenBN runs take torchvision's BN weights.
+    `weights` (the config's imagenet_weights) names them explicitly; by default GN runs take timm's GroupNorm
+    ResNet-50 (the paper fine-tunes GN-pretrained weights with GN) and BN/SyncBN/FrozenBN runs torchvision's BN
+    weights.
     """
     hint = (
         "no network here? download the weights where you have one and pass the file instead: "
         "--set init=/path/to/weights.safetensors"
     )
+    if weights:
+        return named_weights_state_dict(weights, hint)
     if backbone == "tiny":
         raise UserError("init: imagenet has no weights for the `tiny` backbone; pre-train it with `rethink pretrain`")
     if backbone.startswith("timm:"):
@@ -357,10 +396,6 @@ def imagenet_state_dict(backbone: str, norm: str) -> tuple[dict, str]:
     except Exception as e:
         raise UserError(f"init: imagenet: could not get torchvision weights {weights_enum} ({type(e).__name__}); {hint}") from None
     return state, f"torchvision:{weights_enum}"
-
-
-def count_parameters(module: nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())
 
 
 def norm_parameter_ids(model: nn.Module) -> set:

@@ -145,13 +145,15 @@ def set_mode_sizes(model: nn.Module, training: bool) -> None:
 
 
 @torch.no_grad()
-def init_from_source(model: nn.Module, init: str, m: ModelConfig) -> dict:
-    """Apply `init` to the backbone body: random (already done), imagenet, or a weights file."""
+def init_from_source(model: nn.Module, init: str, m: ModelConfig, imagenet_weights: str = "",
+                     allow_bn_stats: bool = False) -> dict:
+    """Apply `init` to the backbone body: random (already done), imagenet (the named `imagenet_weights`, else
+    the default for the backbone and norm), or a weights file. See bb.load_backbone_weights for allow_bn_stats."""
     if init == "random":
         return {"source": "random", "loaded": 0, "missing": [], "unexpected": [], "ignored_classifier": []}
     body = backbone_body(model)
     if init == "imagenet":
-        state, source = bb.imagenet_state_dict(m.backbone, m.norm)
+        state, source = bb.imagenet_state_dict(m.backbone, m.norm, imagenet_weights)
     else:
         state, source = bb.read_weights_file(init), init
-    return bb.load_backbone_weights(body, state, source)
+    return bb.load_backbone_weights(body, state, source, allow_bn_stats)
