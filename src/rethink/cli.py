@@ -92,6 +92,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="write DIR/report/ (figures, tables, statistics, verdict)")
     p.add_argument("dir")
 
+    p = sub.add_parser("forecast", help="forecast each arm's final AP per schedule, and when random catches up")
+    p.add_argument("dir")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--schedules", default=None, help="schedules to forecast, e.g. 2x,3x,6x "
+                   "(default: the study's and longer ones up to twice the longest)")
+
     p = sub.add_parser("demo", help="the whole pipeline on the bundled benchmark, on a CPU, in minutes")
     p.add_argument("--out", default="runs/demo")
     p.add_argument("--quick", action="store_true", help="a much shorter version (checks the pipeline)")
@@ -220,6 +226,36 @@ def cmd_report(args) -> int:
     return 0
 
 
+def cmd_forecast(args) -> int:
+    from rethink.report.stats import fmt_ap, load_study
+    from rethink.study.forecast import forecast_study, parse_schedules
+
+    factors = parse_schedules(args.schedules) if args.schedules else None
+    result = forecast_study(load_study(Path(args.dir)), factors)
+    if args.json:
+        print(json.dumps({k: result[k] for k in ("cells", "catch_up", "arms", "margin_ap", "interval")}, indent=1))
+        return 0
+    print(f"forecast of study {result['study']}: final box AP per schedule, {result['interval']:.0%} intervals")
+    print(f"{'train_size':>10s}  {'init':12s} {'schedule':>8s} {'iters':>8s} {'forecast':>8s} {'interval':>15s} "
+          f"{'observed':>8s}  note")
+    for c in result["cells"]:
+        interval = f"[{fmt_ap(c['interval'][0])}, {fmt_ap(c['interval'][1])}]" if c["interval"] else "-"
+        print(f"{str(c['train_size']):>10s}  {c['init']:12s} {c['schedule']:>8s} {c['iters']:8d} "
+              f"{fmt_ap(c['predicted_final_ap']):>8s} {interval:>15s} {fmt_ap(c['observed_final_ap']):>8s}  "
+              f"{c['note'] or ''}")
+    print(f"catching up (random within {result['margin_ap']:g} AP of the pretrained arm's best final AP):")
+    for c in result["catch_up"]:
+        where = f"  train_size {c['train_size']}, random vs {c['init']}:"
+        if c["schedule"]:
+            print(f"{where} at {c['schedule']} ({c['iters']} iterations), probability {c['probability']:.2f}")
+        elif c["probability"] is not None:
+            print(f"{where} beyond the horizon ({c['horizon']}); probability of being within at "
+                  f"{c['horizon']}: {c['probability']:.2f}")
+        else:
+            print(f"{where} no forecast ({c['note']})")
+    return 0
+
+
 def cmd_demo(args) -> int:
     from rethink.demo import run_demo
 
@@ -228,7 +264,8 @@ def cmd_demo(args) -> int:
 
 COMMANDS = {
     "train": cmd_train, "eval": cmd_eval, "check-data": cmd_check_data, "data": cmd_data, "pretrain": cmd_pretrain,
-    "plan": cmd_plan, "study": cmd_study, "status": cmd_status, "report": cmd_report, "demo": cmd_demo,
+    "plan": cmd_plan, "study": cmd_study, "status": cmd_status, "report": cmd_report, "forecast": cmd_forecast,
+    "demo": cmd_demo,
 }
 
 

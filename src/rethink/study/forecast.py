@@ -1,0 +1,534 @@
+"""Forecast each arm's final box AP at each schedule from the curves so far, and when random init catches up.
+
+The model knows this experiment (see schedule.py): every schedule follows the same trajectory at the base LR
+until its own first LR drop, and every schedule of 2x or longer then trains the same tail (the last 2/3 of a
+1x length, second drop at the last 2/9). So a schedule S's final AP is
+
+    final(S) = f(d1(S)) + jump(tail(S))
+
+- f is the pre-drop curve of the arm (one (init, train_size, other) across its seeds and schedules), fitted to
+  every evaluation at or before a run's first drop (an evaluation at the drop iteration sees the model before
+  it). Two saturating families, t in units of 1x:
+      exp: a - b * exp(-t / tau)          pow: a - b * t^(-c)
+  They fit the observed part about equally well and part ways when extrapolated (exp saturates, pow keeps
+  rising), so neither is chosen outright: forecasts mix them by Akaike weights (n log(SSE/n) + 2k; clean
+  curves pick their own family, noisy short ones keep both and the interval shows the disagreement).
+- jump(tail) is everything the tail adds after d1 (both drops, and any over-fitting on small data), learned from
+  the arm's runs that have finished a tail of that length (the forks of shorter schedules, the finished trunk):
+  jump_i = final_i - f(d1_i), averaged. An arm that has finished no such run borrows the jump as a fraction of
+  the AP at the drop, jump = r * f(d1), r from the arms that have (same init first).
+- intervals (80%): residual bootstrap. Each replicate draws a family by its weight, refits it to the fitted
+  curve plus resampled residuals, recomputes the jumps from that refit (so the jump and the curve stay
+  consistent), resamples the jump observations, and adds the noise of one evaluation (averaged over the seeds).
+
+Catching up (issue 12's rule, extended along the schedules): random catches up at S when its final AP at S is
+within margin_ap of pretrained's best final AP over the schedules up to S. The catch-up schedule is the shortest
+S where the forecasts say so; its probability is the share of bootstrap replicates that agree. Observed cells
+(every seed done) count as known values.
+
+Everything here returns plain data; the CLI and the report render it.
+"""
+
+import json
+import math
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+from scipy.optimize import curve_fit
+
+from rethink import schedule as sched
+from rethink.errors import UserError
+from rethink.report.stats import PRIMARY, RANDOM, Study, size_sort_key
+
+INTERVAL = 0.8
+MIN_POINTS = 4  # three parameters per family, and one degree of freedom for the residuals
+N_BOOT = 300
+FAMILIES = ("exp", "pow")
+N_PARAMS = 3
+AP_MAX = 100.0
+# A perfect fit would give SSE = 0 and an infinite Akaike weight: residuals below 0.01 AP are treated as 0.01
+SSE_FLOOR_PER_POINT = 1e-4
+
+
+# ---------------------------------------------------------------------------------------------
+# The two curve families
+# ---------------------------------------------------------------------------------------------
+
+
+def _exp(x, a, b, tau):
+    return a - b * np.exp(-x / tau)
+
+
+def _pow(x, a, b, c):
+    return a - b * np.power(x, -c)
+
+
+_FUNCS = {"exp": _exp, "pow": _pow}
+_BOUNDS = {"exp": ([0.0, 0.0, 1e-3], [AP_MAX, 1e3, 1e3]), "pow": ([0.0, 0.0, 0.05], [AP_MAX, 1e4, 10.0])}
+
+
+def curve_value(family: str, params, x):
+    """The pre-drop curve at x (iterations in units of 1x)."""
+    return _FUNCS[family](np.asarray(x, dtype=float), *params)
+
+
+@dataclass(frozen=True)
+class CurveFit:
+    family: str
+    params: tuple  # exp: (a, b, tau); pow: (a, b, c); x in units of 1x
+    sse: float
+    n: int
+    residuals: tuple
+
+    @property
+    def aic(self) -> float:
+        return self.n * math.log(max(self.sse, SSE_FLOOR_PER_POINT * self.n) / self.n) + 2 * N_PARAMS
+
+
+def _starts(family: str, x, y) -> list:
+    top = float(np.max(y))
+    x0, x_end = float(np.min(x)), float(np.max(x))
+    starts = []
+    for a in (top + 1.0, 1.3 * top + 1.0, 2.0 * top + 1.0):
+        a = min(a, AP_MAX - 1e-6)
+        if family == "exp":
+            for tau in (0.5 * x_end, x_end, 3.0 * x_end):
+                starts.append((a, max(a - float(np.min(y)), 1e-3) * math.exp(x0 / tau), tau))
+        else:
+            for c in (0.3, 1.0, 2.0):
+                starts.append((a, max(a - float(y[np.argmin(x)]), 1e-3) * x0**c, c))
+    return starts
+
+
+def _clip_start(family, p0):
+    lo, hi = _BOUNDS[family]
+    return [min(max(v, l + 1e-9), h - 1e-9) for v, l, h in zip(p0, lo, hi)]
+
+
+def _least_squares(family, x, y, p0):
+    try:
+        params, _ = curve_fit(_FUNCS[family], x, y, p0=_clip_start(family, p0), bounds=_BOUNDS[family],
+                              maxfev=5000)
+    except (RuntimeError, ValueError):
+        return None
+    pred = curve_value(family, params, x)
+    if not np.all(np.isfinite(pred)):
+        return None
+    return tuple(float(p) for p in params), float(np.sum((y - pred) ** 2)), tuple(float(r) for r in y - pred)
+
+
+def fit_curve(x, y, family: str, start=None) -> CurveFit | None:
+    """Least-squares fit of one family to (x, y); several starts, the best kept. None when nothing converges."""
+    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    if len(x) < MIN_POINTS:
+        return None
+    best = None
+    for p0 in ([start] if start is not None else _starts(family, x, y)):
+        result = _least_squares(family, x, y, p0)
+        if result is not None and (best is None or result[1] < best[1]):
+            best = result
+    if best is None:
+        return None
+    return CurveFit(family=family, params=best[0], sse=best[1], n=len(x), residuals=best[2])
+
+
+def akaike_weights(fits: list) -> list:
+    aics = [f.aic for f in fits]
+    low = min(aics)
+    raw = [math.exp(-(a - low) / 2) for a in aics]
+    return [r / sum(raw) for r in raw]
+
+
+# ---------------------------------------------------------------------------------------------
+# Arms: the curves of one (init, train_size, other) over its seeds and schedules
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Arm:
+    init: str
+    train_size: object
+    train_images: int | None
+    other: dict
+    seeds: list
+    x: np.ndarray  # pre-drop evaluations of every seed, in units of 1x
+    y: np.ndarray
+    last_iter: int  # the latest evaluated iteration on the pre-drop curve
+    jumps: dict  # tail -> [(d1 in 1x units, mean final AP over seeds)] of finished runs
+    observed: dict  # schedule factor -> mean final AP, where every planned seed is done
+    fits: list = field(default_factory=list)
+    weights: list = field(default_factory=list)
+    note: str | None = None
+
+    @property
+    def other_key(self) -> str:
+        return json.dumps(self.other, sort_keys=True)
+
+    @property
+    def group(self) -> tuple:
+        return (self.train_size, self.other_key)
+
+
+def _tail(factor: float, iters_1x: int) -> tuple:
+    """What a schedule trains after its first drop: (iterations to the second drop, to the end)."""
+    first, second = sched.drop_iters(factor, iters_1x)
+    return (second - first, sched.total_iters(factor, iters_1x) - first)
+
+
+def study_iters_1x(study: Study) -> int:
+    values = {int(round(r.iters / r.schedule_factor)) for r in study.runs if r.iters and r.schedule_factor}
+    if not values:
+        raise UserError(f"{study.path / 'study.json'}: no run records its iterations ('iters'); "
+                        "cannot place the LR drops")
+    return min(values)
+
+
+def _finite(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def collect_arms(study: Study, iters_1x: int) -> list:
+    groups = {}
+    for run in study.runs:
+        groups.setdefault((run.init, run.train_size, run.other_key), []).append(run)
+    arms = []
+    for (init, train_size, _), runs in groups.items():
+        points = {}  # (seed, iter) -> AP: forks repeat their trunk's lines up to the fork point
+        for run in runs:
+            if run.state == "failed":
+                continue
+            first_drop = sched.drop_iters(run.schedule_factor, iters_1x)[0]
+            for row in run.evals:
+                if row["iter"] <= first_drop and _finite(row.get(PRIMARY)):
+                    points[(run.seed, row["iter"])] = float(row[PRIMARY])
+        jumps, observed = {}, {}
+        by_schedule = {}
+        for run in runs:
+            by_schedule.setdefault(run.schedule_factor, []).append(run)
+        for factor, members in by_schedule.items():
+            done = [r for r in members if r.state == "done" and _finite((r.final.get("final") or {}).get(PRIMARY))]
+            if not done:
+                continue
+            final = float(np.mean([r.final["final"][PRIMARY] for r in done]))
+            d1 = sched.drop_iters(factor, iters_1x)[0] / iters_1x
+            jumps.setdefault(_tail(factor, iters_1x), []).append((d1, final, len(done)))
+            if len(done) == len(members):
+                observed[factor] = final
+        keys = sorted(points)
+        arms.append(Arm(
+            init=init, train_size=train_size,
+            train_images=next((r.train_images for r in runs if r.train_images is not None), None),
+            other=dict(runs[0].other), seeds=sorted({r.seed for r in runs}),
+            x=np.array([k[1] / iters_1x for k in keys]), y=np.array([points[k] for k in keys]),
+            last_iter=max((k[1] for k in keys), default=0), jumps=jumps, observed=observed))
+    return arms
+
+
+def fit_arm(arm: Arm) -> None:
+    fits = [f for f in (fit_curve(arm.x, arm.y, fam) for fam in FAMILIES) if f is not None]
+    if len(arm.x) < MIN_POINTS:
+        arm.note = f"{len(arm.x)} evaluations before the first LR drop; at least {MIN_POINTS} are needed to fit"
+    elif not fits:
+        arm.note = "no curve family fits its evaluations"
+    arm.fits = fits
+    arm.weights = akaike_weights(fits) if fits else []
+
+
+def _ratios(arms: list, arm: Arm, tails, same_init: bool) -> list:
+    """Other arms' jumps at these tails as a fraction of their fitted AP at the drop."""
+    ratios = []
+    for other in arms:
+        if other is arm or not other.fits or (same_init and other.init != arm.init):
+            continue
+        fit = other.fits[int(np.argmax(other.weights))]
+        for tail in tails:
+            for d1, final, _ in other.jumps.get(tail, []):
+                at_drop = float(curve_value(fit.family, fit.params, d1))
+                if at_drop > 0:
+                    ratios.append((final - at_drop) / at_drop)
+    return ratios
+
+
+def jump_source(arms: list, arm: Arm, tail: tuple) -> tuple:
+    """Where the jump of a schedule with this tail comes from: (kind, values, note), kind "own" or "ratio".
+
+    The arm's own finished runs of this tail first; else other arms' at this tail, as a fraction of their AP at
+    the drop (same init first). Never from a run of another tail (a schedule under 2x trains a shorter one):
+    how the jump changes with the tail's length is not something the study measures, so such cells get no
+    number. (None, None, note) when there is nothing to learn from.
+    """
+    if tail in arm.jumps:
+        return "own", arm.jumps[tail], None
+    for same_init in (True, False):
+        ratios = _ratios(arms, arm, [tail], same_init)
+        if ratios:
+            return "ratio", ratios, "LR-drop jump borrowed from other arms, as a fraction of the AP at the drop"
+    return None, None, f"no finished run yet trains this schedule's tail ({tail[1]} iterations after the first drop)"
+
+
+# ---------------------------------------------------------------------------------------------
+# Bootstrap samples of an arm's forecasts
+# ---------------------------------------------------------------------------------------------
+
+
+def _arm_samples(arm: Arm, arms: list, factors: list, grid_x, iters_1x: int, n_boot: int, rng) -> dict:
+    """Per schedule factor an array of n_boot final-AP samples (None where no jump is known), and grid samples."""
+    sources = {f: jump_source(arms, arm, _tail(f, iters_1x)) for f in factors}
+    n_seeds = max(1, len(arm.seeds))
+    finals = {f: np.full(n_boot, np.nan) for f in factors if sources[f][0] is not None}
+    grid = np.full((n_boot, len(grid_x)), np.nan)
+    chosen = rng.choice(len(arm.fits), size=n_boot, p=arm.weights)
+    n = len(arm.x)
+    for b in range(n_boot):
+        fit = arm.fits[chosen[b]]
+        # residuals inflated for the fitted parameters (n / (n - k)), then resampled onto the fitted curve
+        res = np.asarray(fit.residuals) * math.sqrt(n / (n - N_PARAMS))
+        y_star = curve_value(fit.family, fit.params, arm.x) + rng.choice(res, size=n)
+        refit = fit_curve(arm.x, y_star, fit.family, start=fit.params)
+        params = refit.params if refit is not None else fit.params
+
+        def f_at(x, params=params, family=fit.family):
+            return curve_value(family, params, x)
+
+        def noise(k):
+            return float(np.mean(rng.choice(res, size=k)))
+
+        grid[b] = f_at(grid_x) + [noise(n_seeds) for _ in grid_x]
+        for factor in finals:
+            kind, obs, _ = sources[factor]
+            d1 = sched.drop_iters(factor, iters_1x)[0] / iters_1x
+            at_drop = float(f_at(d1))
+            if kind == "own":
+                picks = rng.integers(0, len(obs), size=len(obs))
+                jump = float(np.mean([obs[i][1] - f_at(obs[i][0]) for i in picks]))
+                jump += float(np.mean([noise(obs[i][2]) for i in picks]))  # the observed finals' own noise
+            else:
+                jump = obs[int(rng.integers(0, len(obs)))] * at_drop
+            finals[factor][b] = min(AP_MAX, at_drop + jump + noise(n_seeds))
+    return {"finals": finals, "grid": grid, "notes": {f: sources[f][2] for f in factors}}
+
+
+def _quantiles(samples) -> tuple:
+    lo, mid, hi = np.quantile(samples, [(1 - INTERVAL) / 2, 0.5, (1 + INTERVAL) / 2])
+    return float(mid), float(lo), float(hi)
+
+
+# ---------------------------------------------------------------------------------------------
+# The forecast of a study
+# ---------------------------------------------------------------------------------------------
+
+
+def default_factors(study: Study, group: tuple) -> list:
+    """The schedules a group (train_size, other) runs, then 1x steps (0.5x below 2x) up to twice the longest."""
+    factors = sorted({r.schedule_factor for r in study.runs if (r.train_size, r.other_key) == group})
+    longest = factors[-1]
+    step = 1.0 if longest >= 2 else 0.5
+    extra = longest + step
+    while extra <= 2 * longest + 1e-9:
+        factors.append(extra)
+        extra += step
+    return factors
+
+
+def parse_schedules(text: str) -> list:
+    factors = sorted({sched.parse_schedule(part, key="--schedules") for part in text.split(",") if part.strip()})
+    if not factors:
+        raise UserError(f"--schedules: '{text}' names no schedule; write e.g. 2x,3x,6x")
+    return factors
+
+
+def _check_curves(study: Study, arms: list) -> None:
+    if not any(len(run.evals) for run in study.runs):
+        raise UserError(f"{study.path}: no run has an evaluation yet (metrics.jsonl); nothing to forecast")
+    if not any(arm.fits for arm in arms):
+        most = max(arms, key=lambda a: len(a.x))
+        raise UserError(f"{study.path}: too few evaluations to fit a curve: the most any arm has before its "
+                        f"first LR drop is {len(most.x)} ({most.init}, train_size {most.train_size}); "
+                        f"at least {MIN_POINTS} are needed")
+    if not any(arm.jumps for arm in arms):
+        raise UserError(f"{study.path}: no run has finished yet, so the jump at the LR drop cannot be learned; "
+                        "forecast again once the first fork (a shorter schedule) is done")
+
+
+@dataclass
+class _Fitted:
+    study: Study
+    iters_1x: int
+    arms: list
+    factors: dict  # group -> schedule factors
+    samples: dict  # id(arm) -> _arm_samples result
+    grids: dict  # id(arm) -> grid iterations
+
+
+def _fit_study(study: Study, factors=None, n_boot: int = N_BOOT, seed: int = 0, grid_points: int = 25) -> _Fitted:
+    iters_1x = study_iters_1x(study)
+    arms = collect_arms(study, iters_1x)
+    for arm in arms:
+        fit_arm(arm)
+    _check_curves(study, arms)
+    rng = np.random.default_rng(seed)
+    group_factors, samples, grids = {}, {}, {}
+    for arm in arms:
+        if arm.group not in group_factors:
+            group_factors[arm.group] = list(factors) if factors else default_factors(study, arm.group)
+    for arm in arms:
+        if not arm.fits:
+            continue
+        fs = group_factors[arm.group]
+        end = max(sched.drop_iters(f, iters_1x)[0] for f in fs)
+        start = min(arm.last_iter, end)
+        grid_iters = [int(round(start + (end - start) * i / (grid_points - 1))) for i in range(grid_points)]
+        grids[id(arm)] = grid_iters
+        samples[id(arm)] = _arm_samples(arm, arms, fs, np.array(grid_iters) / iters_1x, iters_1x, n_boot, rng)
+    return _Fitted(study=study, iters_1x=iters_1x, arms=arms, factors=group_factors, samples=samples, grids=grids)
+
+
+def _arm_order(study: Study):
+    order = {RANDOM: 0}
+    for source in study.sources:
+        order.setdefault(source, len(order))
+    return order
+
+
+def _cell_values(fitted: _Fitted, arm: Arm, factor: float, n_boot: int):
+    """(samples or None, observed or None) for one cell; observed cells are known values in the catch-up."""
+    observed = arm.observed.get(factor)
+    s = fitted.samples.get(id(arm))
+    predicted = s["finals"].get(factor) if s else None
+    if observed is not None:
+        return np.full(n_boot, observed), observed
+    return predicted, None
+
+
+def _catch_up(fitted: _Fitted, margin: float, n_boot: int) -> list:
+    out = []
+    by_key = {(a.init, a.group): a for a in fitted.arms}
+    groups = sorted({a.group for a in fitted.arms},
+                    key=lambda g: (g[1], size_sort_key(g[0], next(a.train_images for a in fitted.arms
+                                                                   if a.group == g))))
+    for group in groups:
+        random_arm = by_key.get((RANDOM, group))
+        for source in fitted.study.sources:
+            source_arm = by_key.get((source, group))
+            if random_arm is None or source_arm is None:
+                continue
+            entry = {"train_size": group[0], "init": source, "other": json.loads(group[1]),
+                     "schedule": None, "iters": None, "probability": None, "horizon": None, "note": None}
+            best_samples, best_point = None, None
+            last_within = None
+            for factor in fitted.factors[group]:
+                pre, _ = _cell_values(fitted, source_arm, factor, n_boot)
+                ran, _ = _cell_values(fitted, random_arm, factor, n_boot)
+                if pre is not None:
+                    point = float(np.median(pre))
+                    best_samples = pre if best_samples is None else np.maximum(best_samples, pre)
+                    best_point = point if best_point is None else max(best_point, point)
+                if ran is None or best_samples is None:
+                    continue
+                entry["horizon"] = sched.format_schedule(factor)
+                last_within = float(np.mean(ran >= best_samples - margin))
+                if float(np.median(ran)) >= best_point - margin:
+                    entry.update(schedule=sched.format_schedule(factor),
+                                 iters=sched.total_iters(factor, fitted.iters_1x), probability=last_within)
+                    break
+            if entry["schedule"] is None:
+                entry["probability"] = last_within
+                if last_within is None:
+                    entry["note"] = random_arm.note or source_arm.note or "no forecast for this size"
+            out.append(entry)
+    return out
+
+
+def forecast_study(study: Study, factors=None, n_boot: int = N_BOOT, seed: int = 0) -> dict:
+    """Forecasts of every cell and the catch-up schedule per training-set size (module docstring).
+
+    factors: schedule factors to forecast (default: each size's schedules and longer ones up to twice the
+    longest). Returns {"study", "margin_ap", "interval", "iters_1x", "cells": [...], "catch_up": [...],
+    "arms": [...]}; raises UserError when nothing can be fitted.
+    """
+    fitted = _fit_study(study, factors, n_boot, seed)
+    order = _arm_order(study)
+    cells = []
+    for arm in sorted(fitted.arms, key=lambda a: (a.other_key, size_sort_key(a.train_size, a.train_images),
+                                                   order.get(a.init, len(order)))):
+        s = fitted.samples.get(id(arm))
+        for factor in fitted.factors[arm.group]:
+            cell = {"init": arm.init, "train_size": arm.train_size, "other": arm.other,
+                    "schedule": sched.format_schedule(factor), "iters": sched.total_iters(factor, fitted.iters_1x),
+                    "predicted_final_ap": None, "interval": None,
+                    "observed_final_ap": arm.observed.get(factor), "note": arm.note}
+            samples = s["finals"].get(factor) if s else None
+            if samples is not None:
+                mid, lo, hi = _quantiles(samples)
+                cell.update(predicted_final_ap=mid, interval=[lo, hi], note=s["notes"][factor])
+            elif s is not None:
+                cell["note"] = s["notes"][factor]
+            cells.append(cell)
+    arms_out = []
+    for arm in fitted.arms:
+        jumps = {}
+        best = arm.fits[int(np.argmax(arm.weights))] if arm.fits else None
+        for tail, obs in arm.jumps.items():
+            if best is not None:
+                values = [final - float(curve_value(best.family, best.params, d1)) for d1, final, _ in obs]
+                jumps[f"{tail[1]}"] = float(np.mean(values))
+        arms_out.append({
+            "init": arm.init, "train_size": arm.train_size, "other": arm.other, "points": int(len(arm.x)),
+            "last_iter": arm.last_iter, "note": arm.note,
+            "fits": [{"family": f.family, "params": list(f.params), "weight": w, "rms": math.sqrt(f.sse / f.n)}
+                     for f, w in zip(arm.fits, arm.weights)],
+            "jump_by_tail_iters": jumps,
+        })
+    return {"study": study.name, "margin_ap": study.margin_ap, "interval": INTERVAL, "iters_1x": fitted.iters_1x,
+            "cells": cells, "catch_up": _catch_up(fitted, study.margin_ap, n_boot), "arms": arms_out}
+
+
+def forecast_curves(study: Study, factors=None, n_boot: int = N_BOOT, seed: int = 0, grid_points: int = 25) -> list:
+    """Per arm, the forecast beyond what was run, for a figure to draw dashed.
+
+    Returns [{"init", "train_size", "other", "last_iter",
+              "curve": [{"iters", "ap", "lo", "hi"}, ...],    # the pre-drop curve from the last evaluation to
+                                                              # the latest first drop of the forecast schedules
+              "finals": [{"schedule", "iters", "ap", "lo", "hi"}, ...]}]   # schedules not yet observed
+    Arms that cannot be fitted are left out. lo/hi bound the 80% interval.
+    """
+    fitted = _fit_study(study, factors, n_boot, seed, grid_points)
+    out = []
+    for arm in fitted.arms:
+        s = fitted.samples.get(id(arm))
+        if s is None:
+            continue
+        curve = []
+        for j, it in enumerate(fitted.grids[id(arm)]):
+            mid, lo, hi = _quantiles(s["grid"][:, j])
+            curve.append({"iters": it, "ap": mid, "lo": lo, "hi": hi})
+        finals = []
+        for factor, samples in sorted(s["finals"].items()):
+            if factor in arm.observed:
+                continue
+            mid, lo, hi = _quantiles(samples)
+            finals.append({"schedule": sched.format_schedule(factor),
+                           "iters": sched.total_iters(factor, fitted.iters_1x), "ap": mid, "lo": lo, "hi": hi})
+        out.append({"init": arm.init, "train_size": arm.train_size, "other": arm.other,
+                    "last_iter": arm.last_iter, "curve": curve, "finals": finals})
+    return out
+
+
+def truncate_study(study: Study, cut_iters: dict) -> Study:
+    """The study as it stood when each group's runs had reached `cut_iters[(train_size, other_key)]`.
+
+    Forks run beside their trunk at the same speed, so at a trunk's iteration c a run of T <= c iterations is done
+    and a longer one has its evaluations up to c. Used by the backtests and the tests.
+    """
+    runs = []
+    for run in study.runs:
+        cut = cut_iters.get((run.train_size, run.other_key))
+        if cut is None:
+            runs.append(run)
+            continue
+        finished = run.state == "done" and run.iters is not None and run.iters <= cut
+        runs.append(replace(run, evals=[r for r in run.evals if r["iter"] <= cut],
+                            trains=[r for r in run.trains if r["iter"] <= cut],
+                            state="done" if finished else ("running" if run.state != "failed" else "failed"),
+                            final=run.final if finished else None))
+    return replace(study, runs=runs)
