@@ -27,7 +27,7 @@ def test_run_killed_at_random_moments_finishes_like_an_uninterrupted_one(coco_da
     while kills < KILLS:
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         # random moments: during start-up, data checks, training, evaluation or a checkpoint write
-        time.sleep(rng.uniform(0.5, 5.0))
+        time.sleep(rng.uniform(0.5, 3.0))
         if proc.poll() is not None:
             break  # it finished before this kill
         proc.send_signal(signal.SIGKILL)

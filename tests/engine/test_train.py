@@ -21,6 +21,12 @@ from rethink.models import backbone as bb
 LONGER = ["solver.iters_1x=48", "eval_period=12", "checkpoint_period=12"]
 
 
+def _late_over_first(train_rows) -> float:
+    """Mean loss of the last quarter of the logged iterations over that of the first two."""
+    late = [r["loss"] for r in train_rows[-(len(train_rows) // 4):]]
+    return (sum(late) / len(late)) / ((train_rows[0]["loss"] + train_rows[1]["loss"]) / 2)
+
+
 @pytest.fixture(scope="module")
 def reference_run(coco_data, tmp_path_factory):
     """One uninterrupted run that other tests compare against."""
@@ -30,11 +36,11 @@ def reference_run(coco_data, tmp_path_factory):
     return cfg, out, final
 
 
+@pytest.mark.learning
 def test_random_init_learns(reference_run):
     cfg, out, final = reference_run
     aps = [r["bbox/AP"] for r in eval_rows(out)]
     assert [r["iter"] for r in eval_rows(out)] == [12, 24, 36, 48]
-    assert aps[-1] > aps[0] and aps[-1] > 1.0
     assert final["final"]["bbox/AP"] == aps[-1] and final["best"]["bbox/AP"] == max(aps)
     assert final["iters"] == 48 and final["images_seen"] == 48 * 4
     assert final["pixels_seen"] == 48 * 4 * 64 * 64  # training images only, at the model's input size
@@ -42,12 +48,17 @@ def test_random_init_learns(reference_run):
     train_rows = [r for r in read_jsonl(out / "metrics.jsonl") if r["type"] == "train"]
     assert [r["iter"] for r in train_rows] == list(range(2, 49, 2))
     assert all(r["grad_norm"] > 0 and r["img_per_s"] > 0 for r in train_rows)
+    # What every CPU shows after 48 iterations is a falling loss: the last quarter's mean over the first two logged
+    # iterations' was 0.43 (AVX-512), 0.48 (basic kernels), 0.43 (AVX2). AP this early is trajectory noise (final
+    # 0.72, 2.72, 4.67 on those kernels); test_learning.py checks AP after a run long enough for it.
+    assert _late_over_first(train_rows) < 0.65
     # LR: warm-up over 2 iterations then drops at 2/3 and 8/9 of 48 iterations (1x rule)
     lrs = {r["iter"]: r["lr"] for r in train_rows}
     assert lrs[30] == pytest.approx(0.04) and lrs[34] == pytest.approx(0.004) and lrs[48] == pytest.approx(0.0004)
     assert (out / "config.yaml").exists() and read_json(out / "init.json")["source"] == "random"
 
 
+@pytest.mark.learning
 def test_pretrained_arm_differs_only_in_init(reference_run, tmp_path):
     cfg, _, _ = reference_run
     torch.manual_seed(7)
@@ -59,7 +70,10 @@ def test_pretrained_arm_differs_only_in_init(reference_run, tmp_path):
     assert diff(to_dict(cfg), to_dict(pre_cfg)) == ["init"]
     final = train(pre_cfg, tmp_path / "pre", progress=False)
     aps = [r["bbox/AP"] for r in eval_rows(tmp_path / "pre")]
-    assert len(aps) == 4 and final["best"]["bbox/AP"] == max(aps) and aps[-1] > aps[0]
+    assert len(aps) == 4 and final["best"]["bbox/AP"] == max(aps)
+    # it learns (measured 0.37 AVX-512, 0.40 basic kernels, 0.32 AVX2; see test_random_init_learns)
+    pre_rows = [r for r in read_jsonl(tmp_path / "pre" / "metrics.jsonl") if r["type"] == "train"]
+    assert _late_over_first(pre_rows) < 0.65
     assert read_json(tmp_path / "pre" / "init.json")["loaded"] == len(source.state_dict())
 
 
@@ -143,6 +157,55 @@ def test_non_finite_steps_can_be_skipped_up_to_a_bound(coco_data, tmp_path):
     with pytest.raises(RunFailed, match="non-finite"):
         train(cfg, tmp_path / "skip", progress=False)
     assert read_json(tmp_path / "skip" / "FAILED")["iter"] >= 3
+
+
+def test_a_skipped_non_finite_step_keeps_its_evaluation_and_fork_point(coco_data, tmp_path, monkeypatch):
+    """A corrupt image (NaN pixels) in the batch of iteration 6, an evaluation and a fork point: the step is
+    skipped, the iteration's evaluation and kept checkpoint still happen."""
+    from rethink.data.coco import CocoDetection
+
+    original = CocoDetection.__getitem__
+    train_calls = []
+
+    def corrupt_sixth_batch(self, key):
+        image, target = original(self, key)
+        if self.train:
+            train_calls.append(key)
+            if len(train_calls) == 5 * 4 + 1:  # the first image of iteration 6 (0-based 5; batch 4, no workers)
+                image = torch.full_like(image, float("nan"))
+        return image, target
+
+    monkeypatch.setattr(CocoDetection, "__getitem__", corrupt_sixth_batch)
+    cfg = config_from_dict(tiny_config_dict(coco_data, max_nonfinite_skips=1),
+                           ["eval_period=6", "checkpoint_period=100", "keep_checkpoints=1"])
+    out = tmp_path / "skip_one"
+    final = train(cfg, out, keep_iters=(6,), progress=False)
+    assert final["nonfinite_skipped"] == 1 and final["images_seen"] == 11 * 4
+    assert [r["iter"] for r in eval_rows(out)] == [6, 12]
+    assert (out / "checkpoints" / "iter_0000006.pt").exists()
+    assert torch.load(out / "checkpoints" / "iter_0000006.pt", weights_only=True)["counts"]["nonfinite_skipped"] == 1
+
+
+def test_checkpoint_holds_the_loss_scale(reference_run, tmp_path):
+    """fp16's GradScaler state is part of a checkpoint (a resume or fork continues with the same scale); on CPU
+    the scaler is disabled, so the state is checked by a round trip of an enabled CPU scaler through our files."""
+    from rethink.engine import checkpoint as ckpt
+
+    _, out, _ = reference_run
+    assert torch.load(out / "checkpoints" / "iter_0000048.pt", weights_only=True)["scaler"] == {}
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10, growth_interval=3)
+    weight = torch.nn.Parameter(torch.ones(2))
+    optimizer = torch.optim.SGD([weight], lr=0.1)
+    for value in (1.0, float("inf"), 1.0, 1.0):  # one overflow halves the scale, the growth tracker counts on
+        optimizer.zero_grad()
+        scaler.scale((weight * value).sum()).backward()
+        scaler.step(optimizer)
+        scaler.update()
+    path = ckpt.save(tmp_path, 4, {"scaler": scaler.state_dict()}, keep_last=1)
+    restored = torch.amp.GradScaler("cpu")
+    restored.load_state_dict(ckpt.load(path)["scaler"])
+    assert restored.get_scale() == scaler.get_scale() == 2.0**9
+    assert restored.state_dict() == scaler.state_dict() and restored.state_dict()["_growth_tracker"] == 2
 
 
 def test_batchnorm_trained_weights_into_gn_exit_2_naming_the_file(coco_data, tmp_path):

@@ -277,16 +277,19 @@ def train(cfg: RunConfig, out_dir, *, fork_from: Path | None = None, keep_iters=
                                               "world_size": world_size, "time": time.time()})
     counts = {"images_seen": 0, "instances_seen": 0, "pixels_seen": 0, "nonfinite_skipped": 0}
     best, best_iter, wall_before = None, None, 0.0
+    dtype = amp_dtype(cfg, device)
+    # fp16 only (bf16 needs no loss scaling); its scale is training state: a resume or a fork continues with it
+    scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
     if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
+        if state.get("scaler"):  # empty when saved by a disabled scaler (CPU, bf16)
+            scaler.load_state_dict(state["scaler"])
         ckpt.set_rng_state(state["rng"])
         counts.update(state["counts"])
         best, best_iter, wall_before = state.get("best"), state.get("best_iter"), float(state.get("wall_time_s", 0.0))
         del state
 
-    dtype = amp_dtype(cfg, device)
-    scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
     train_model = model
     if world_size > 1:
         train_model = torch.nn.parallel.DistributedDataParallel(
@@ -344,6 +347,7 @@ def train(cfg: RunConfig, out_dir, *, fork_from: Path | None = None, keep_iters=
         state = {
             "model": model.state_dict(),
             "optimizer": optimizer.state_dict(),
+            "scaler": scaler.state_dict(),
             "iter": it,
             "rng": ckpt.rng_state(),
             "counts": global_counts(),
@@ -384,7 +388,9 @@ def train(cfg: RunConfig, out_dir, *, fork_from: Path | None = None, keep_iters=
                 # a process that stopped alone would leave the others waiting in a collective).
                 flags = distributed.all_reduce_sum([0.0 if finite else 1.0, 1.0 if stop else 0.0], device)
                 finite, stop = flags[0] == 0, flags[1] > 0
+            done = it + 1
             if not finite:
+                # Skip the step, not the iteration: its evaluation, fork-point checkpoint and stop check still happen.
                 counts["nonfinite_skipped"] += 1
                 terms = {k: float(v.detach().float().item()) for k, v in loss_dict.items()}
                 if counts["nonfinite_skipped"] > s.max_nonfinite_skips:
@@ -392,48 +398,47 @@ def train(cfg: RunConfig, out_dir, *, fork_from: Path | None = None, keep_iters=
                     hook.remove()
                     _fail(out, it, "non-finite loss", terms)
                 optimizer.zero_grad(set_to_none=True)
-                continue
+                bar.update(1)
+            else:
+                optimizer.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                log_now = done % cfg.log_period == 0 or done == max_iter
+                grad_norm = None
+                if log_now:
+                    scaler.unscale_(optimizer)
+                    grad_norm = float(torch.nn.utils.clip_grad_norm_(params, float("inf")))
+                scaler.step(optimizer)
+                scaler.update()
 
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            done = it + 1
-            log_now = done % cfg.log_period == 0 or done == max_iter
-            grad_norm = None
-            if log_now:
-                scaler.unscale_(optimizer)
-                grad_norm = float(torch.nn.utils.clip_grad_norm_(params, float("inf")))
-            scaler.step(optimizer)
-            scaler.update()
+                n_images = len(images)
+                local["images_seen"] += n_images
+                local["instances_seen"] += sum(len(t["boxes"]) for t in targets)
+                period_iters += 1
+                period_images += n_images * world_size
+                for k, v in loss_dict.items():
+                    loss_sums[k] = loss_sums.get(k, 0.0) + v.detach()
+                bar.update(1)
 
-            n_images = len(images)
-            local["images_seen"] += n_images
-            local["instances_seen"] += sum(len(t["boxes"]) for t in targets)
-            period_iters += 1
-            period_images += n_images * world_size
-            for k, v in loss_dict.items():
-                loss_sums[k] = loss_sums.get(k, 0.0) + v.detach()
-            bar.update(1)
-
-            if log_now:
-                elapsed = time.perf_counter() - period_start
-                terms = {k: float(v) / period_iters for k, v in loss_sums.items()}
-                if world_size > 1:
-                    # Each process's loss terms are means over its own images; the global batch's loss is their
-                    # mean (every image contributes the same number of sampled anchors and RoIs), and that is
-                    # also the loss whose gradient DDP's averaging gives.
-                    keys = sorted(terms)
-                    summed = distributed.all_reduce_sum([terms[k] for k in keys], device)
-                    terms = {k: v / world_size for k, v in zip(keys, summed)}
-                row = {"type": "train", "iter": done, "loss": sum(terms.values()), **terms, "lr": lr,
-                       "grad_norm": grad_norm, "img_per_s": period_images / elapsed if elapsed > 0 else 0.0,
-                       **global_counts()}
-                if device.type == "cuda":
-                    row["max_mem_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
-                if is_main:
-                    append_jsonl(out / "metrics.jsonl", row)
-                bar.set_postfix(loss=f"{row['loss']:.3f}", lr=f"{lr:.2g}", img_s=f"{row['img_per_s']:.1f}")
-                loss_sums = {}
-                period_iters, period_images, period_start = 0, 0, time.perf_counter()
+                if log_now:
+                    elapsed = time.perf_counter() - period_start
+                    terms = {k: float(v) / period_iters for k, v in loss_sums.items()}
+                    if world_size > 1:
+                        # Each process's loss terms are means over its own images; the global batch's loss is their
+                        # mean (every image contributes the same number of sampled anchors and RoIs), and that is
+                        # also the loss whose gradient DDP's averaging gives.
+                        keys = sorted(terms)
+                        summed = distributed.all_reduce_sum([terms[k] for k in keys], device)
+                        terms = {k: v / world_size for k, v in zip(keys, summed)}
+                    row = {"type": "train", "iter": done, "loss": sum(terms.values()), **terms, "lr": lr,
+                           "grad_norm": grad_norm, "img_per_s": period_images / elapsed if elapsed > 0 else 0.0,
+                           **global_counts()}
+                    if device.type == "cuda":
+                        row["max_mem_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
+                    if is_main:
+                        append_jsonl(out / "metrics.jsonl", row)
+                    bar.set_postfix(loss=f"{row['loss']:.3f}", lr=f"{lr:.2g}", img_s=f"{row['img_per_s']:.1f}")
+                    loss_sums = {}
+                    period_iters, period_images, period_start = 0, 0, time.perf_counter()
 
             if done in eval_points:
                 t0 = time.perf_counter()
