@@ -137,51 +137,6 @@ def collate(batch):
     return tuple(zip(*batch))
 
 
-class InfiniteSampler(torch.utils.data.Sampler):
-    """Batches of (index, flip) for iteration k = start_iter, start_iter + 1, ... forever.
-
-    The stream is epoch after epoch of seeded permutations; position p of the stream is
-    (epoch p // n, slot p % n). The global batch of iteration k is positions [k*B, (k+1)*B); process r of W
-    takes its contiguous slice of B/W, so the union over processes does not depend on W.
-    """
-
-    def __init__(self, size: int, batch_size: int, seed: int, hflip_prob: float, start_iter: int = 0,
-                 rank: int = 0, world_size: int = 1):
-        if batch_size % world_size:
-            raise ValueError(f"global batch {batch_size} is not divisible by {world_size} processes")
-        self.size = size
-        self.batch_size = batch_size
-        self.seed = seed
-        self.hflip_prob = hflip_prob
-        self.start_iter = start_iter
-        self.rank = rank
-        self.world_size = world_size
-        self._epoch = None
-
-    def _epoch_order(self, epoch: int):
-        if self._epoch is None or self._epoch[0] != epoch:
-            g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-            order = torch.randperm(self.size, generator=g).tolist()
-            flips = (torch.rand(self.size, generator=g) < self.hflip_prob).tolist()
-            self._epoch = (epoch, order, flips)
-        return self._epoch[1], self._epoch[2]
-
-    def batch(self, it: int) -> list[tuple[int, bool]]:
-        per_rank = self.batch_size // self.world_size
-        first = it * self.batch_size + self.rank * per_rank
-        out = []
-        for p in range(first, first + per_rank):
-            order, flips = self._epoch_order(p // self.size)
-            out.append((order[p % self.size], bool(flips[p % self.size])))
-        return out
-
-    def __iter__(self):
-        it = self.start_iter
-        while True:
-            yield self.batch(it)
-            it += 1
-
-
 def resized_pixels(h: int, w: int, min_size: int, max_size: int) -> int:
     """Pixels the model sees for an image after torchvision's resize (shorter side min_size, longer <= max_size)."""
     scale = min(min_size / min(h, w), max_size / max(h, w))

@@ -38,7 +38,7 @@ from tqdm import tqdm
 
 from rethink import config as cfgmod
 from rethink import schedule as sched
-from rethink.data.coco import InfiniteSampler
+from rethink.data.sampling import InfiniteSampler
 from rethink.engine import checkpoint as ckpt
 from rethink.engine.train import _Signals, amp_dtype, resolve_device
 from rethink.errors import Interrupted, RunFailed, UserError

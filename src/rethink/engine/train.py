@@ -13,15 +13,14 @@ import threading
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
-from torchvision.models.detection._utils import BalancedPositiveNegativeSampler
 from tqdm import tqdm
 
 from rethink import config as cfgmod
 from rethink import schedule as sched
 from rethink.config import RunConfig
-from rethink.data.coco import CocoDetection, InfiniteSampler, collate, subset_image_ids, val_image_ids
+from rethink.data.coco import CocoDetection, collate, subset_image_ids, val_image_ids
+from rethink.data.sampling import ImageKeyedSampler, InfiniteSampler, keyed_samplers, keyed_scale_choice  # noqa: F401
 from rethink.data.validate import check_coco, check_train_size
 from rethink.engine import checkpoint as ckpt
 from rethink.engine import distributed
@@ -49,58 +48,6 @@ def amp_dtype(cfg: RunConfig, device: torch.device):
     if device.type != "cuda" or not cfg.solver.amp:
         return None
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-
-
-class ImageKeyedSampler(BalancedPositiveNegativeSampler):
-    """torchvision's positive/negative sampler (RPN anchors, box-head RoIs) with each image's draws seeded by a key.
-
-    torchvision draws for a batch's images one after another from the global RNG, so what an image gets depends
-    on which images share its process and on everything drawn before. The training loop sets `keys` to the
-    images' positions in the sample stream (see InfiniteSampler), so an image's anchors and RoIs are the same
-    whether its global batch runs in one process or is split over several (no rank repeats another's stream),
-    and a resumed or forked run draws exactly what an uninterrupted one draws.
-    """
-
-    def __init__(self, batch_size_per_image: int, positive_fraction: float, seed: int, salt: int):
-        super().__init__(batch_size_per_image, positive_fraction)
-        self.seed, self.salt = seed, salt  # salt: the RPN's and the box head's draws are independent
-        self.keys: list[int] = []
-
-    def __call__(self, matched_idxs):
-        if len(self.keys) != len(matched_idxs):
-            raise RuntimeError(f"sampler keys for {len(self.keys)} images, batch of {len(matched_idxs)}")
-        pos_idx, neg_idx = [], []
-        for key, matched in zip(self.keys, matched_idxs):
-            # The same selection rule as torchvision's sampler (up to batch_size_per_image * positive_fraction
-            # positives, negatives fill the rest), drawn from this image's own CPU generator: torchvision's
-            # randperm uses the global RNG, and re-seeding that per image costs ~2 ms a call in a CUDA build
-            # (torch.manual_seed also queues a seed, with a traceback, for the CUDA generators). On a GPU the
-            # draws are then the same as on a CPU.
-            image_seed = np.random.SeedSequence([self.seed, key, self.salt]).generate_state(1, np.uint64)[0]
-            generator = torch.Generator().manual_seed(int(image_seed))
-            positive = torch.where(matched >= 1)[0]
-            negative = torch.where(matched == 0)[0]
-            num_pos = min(positive.numel(), int(self.batch_size_per_image * self.positive_fraction))
-            num_neg = min(negative.numel(), self.batch_size_per_image - num_pos)
-            pick_pos = torch.randperm(positive.numel(), generator=generator)[:num_pos].to(positive.device)
-            pick_neg = torch.randperm(negative.numel(), generator=generator)[:num_neg].to(negative.device)
-            pos_mask = torch.zeros_like(matched, dtype=torch.uint8)
-            neg_mask = torch.zeros_like(matched, dtype=torch.uint8)
-            pos_mask[positive[pick_pos]] = 1
-            neg_mask[negative[pick_neg]] = 1
-            pos_idx.append(pos_mask)
-            neg_idx.append(neg_mask)
-        return pos_idx, neg_idx
-
-
-def keyed_samplers(model, seed: int) -> list[ImageKeyedSampler]:
-    """Put image-keyed samplers in the detector's RPN and box head (same sizes and fractions); returns them."""
-    samplers = []
-    for salt, head in enumerate((model.rpn, model.roi_heads)):
-        old = head.fg_bg_sampler
-        head.fg_bg_sampler = ImageKeyedSampler(old.batch_size_per_image, old.positive_fraction, seed, salt)
-        samplers.append(head.fg_bg_sampler)
-    return samplers
 
 
 def load_datasets(cfg: RunConfig, progress: bool = False):
@@ -231,7 +178,8 @@ def train(cfg: RunConfig, out_dir, *, fork_from: Path | None = None, keep_iters=
     num_classes = len(train_set.cat_ids)
     model = build_detector(cfg.model, cfg.data, num_classes)
     init_report = init_from_source(model, cfg.init, cfg.model, cfg.imagenet_weights, cfg.init_allow_bn_stats)
-    draw_samplers = keyed_samplers(model, cfg.seed)
+    # every per-image draw (anchors, RoIs, training scale) from the image's keyed generator, not the global RNG
+    draw_samplers = keyed_samplers(model, cfg.seed) + [keyed_scale_choice(model, cfg.seed)]
     # Only now, with data and weights known good, does the run directory come into existence.
     if is_main:
         out.mkdir(parents=True, exist_ok=True)
