@@ -55,9 +55,9 @@ def run_name(init: str, schedule: str, size, seed: int, other: dict | None = Non
     return f"{init}_{schedule}_{size}{extra}_s{seed}"
 
 
-def plateau(init: str, images: int, inits: tuple) -> float:
+def plateau(init: str, images: int, inits: tuple, random_scale: float = 1.0) -> float:
     if init == "random":
-        return 38.0 * images**2 / (images**2 + 200.0**2)
+        return random_scale * 38.0 * images**2 / (images**2 + 200.0**2)
     # a second or third pretrained source sits a little lower, so the curves can be told apart
     k = [i for i in inits if i != "random"].index(init)
     return 38.0 * images / (images + 10.0) * (1.0 - 0.01 * k)
@@ -69,22 +69,28 @@ def tau(init: str, inits: tuple) -> float:
     return 150.0 + 100.0 * [i for i in inits if i != "random"].index(init)
 
 
-def noise(init: str, seed: int, inits: tuple) -> float:
-    return 0.1 * math.sin(1.7 * seed + float(inits.index(init)))
+def noise(init: str, seed: int, inits: tuple, amplitude: float = 0.1) -> float:
+    return amplitude * math.sin(1.7 * seed + float(inits.index(init)))
 
 
-def ap_at(t: int, *, init: str, images: int, drops: list, seed: int, inits: tuple) -> float:
+def ap_at(t: int, *, init: str, images: int, drops: list, seed: int, inits: tuple, shape: dict) -> float:
     d1, d2 = drops
     base = 1.0 - math.exp(-min(t, d1) / tau(init, inits))
     # an evaluation at a drop iteration sees the model before the drop, hence ">" not ">="
     level = base + (0.07 if t > d1 else 0.0) + (0.01 if t > d2 else 0.0)
     overfit = 2.0 * (500.0 / images) ** 2 * max(0, t - d1) / 1000.0
-    return plateau(init, images, inits) * level - overfit + noise(init, seed, inits)
+    if init != "random":
+        # a pretrained arm that degrades with training on this size, from iteration 300 on, LR drop or not
+        overfit += shape["pretrained_decay"].get(images, 0.0) * max(0, t - 300) / 1000.0
+    return (plateau(init, images, inits, shape["random_plateau_scale"]) * level - overfit
+            + noise(init, seed, inits, shape["noise_ap"]))
 
 
-def eval_row(t: int, ap: float, init: str, images: int, mask: bool, random_ap75_bonus: float) -> dict:
-    ap75_bonus = random_ap75_bonus if init == "random" else 0.0
-    row = {"type": "eval", "iter": t, "bbox/AP": ap, "bbox/AP50": 1.45 * ap + 2.0,
+def eval_row(t: int, ap: float, init: str, images: int, mask: bool, shape: dict) -> dict:
+    random = init == "random"
+    ap75_bonus = shape["random_ap75_bonus"] if random else shape["pretrained_ap75_bonus"]
+    ap50_bonus = 0.0 if random else shape["pretrained_ap50_bonus"]
+    row = {"type": "eval", "iter": t, "bbox/AP": ap, "bbox/AP50": 1.45 * ap + 2.0 + ap50_bonus,
            "bbox/AP75": 1.1 * ap + ap75_bonus,
            # too few small objects in the smallest subsets: COCO eval gives NaN there
            "bbox/APs": float("nan") if images <= 500 else 0.5 * ap,
@@ -109,7 +115,7 @@ def train_row(t: int, *, init: str, images: int, drops: list, mask: bool, inits:
     return row
 
 
-def _metrics_lines(init, images, schedule, seed, inits, mask, stop_at, random_ap75_bonus):
+def _metrics_lines(init, images, schedule, seed, inits, mask, stop_at, shape):
     drops = schedule_drops(schedule)
     total = schedule_iters(schedule)
     lines = []
@@ -118,8 +124,8 @@ def _metrics_lines(init, images, schedule, seed, inits, mask, stop_at, random_ap
             break
         lines.append(train_row(t, init=init, images=images, drops=drops, mask=mask, inits=inits))
         if t % EVAL_EVERY == 0 or t == total:
-            ap = ap_at(t, init=init, images=images, drops=drops, seed=seed, inits=inits)
-            lines.append(eval_row(t, ap, init, images, mask, random_ap75_bonus))
+            ap = ap_at(t, init=init, images=images, drops=drops, seed=seed, inits=inits, shape=shape)
+            lines.append(eval_row(t, ap, init, images, mask, shape))
     return lines
 
 
@@ -130,15 +136,24 @@ def _write_jsonl(path: Path, rows: list) -> None:
 def make_study(root, *, name: str = "fixture", inits=("random", "pretrain"), schedules=("1x", "2x", "4x"),
                sizes=(500, 2000, "full"), seeds=(0, 1, 2), others=({},), full_images: int = 8000,
                states: dict | None = None, margin_ap: float | None = 1.0, pretrain_records=("pretrain",),
-               mask: bool = False, random_ap75_bonus: float = 0.8) -> Path:
+               mask: bool = False, random_ap75_bonus: float = 0.8, pretrained_ap50_bonus: float = 0.0,
+               pretrained_ap75_bonus: float = 0.0, pretrained_decay: dict | None = None,
+               random_plateau_scale: float = 1.0, noise_ap: float = 0.1, init_cost: dict | None = None) -> Path:
     """Write a study directory under `root` and return its path.
 
     states: run name -> "failed" | "running" | "pending" to leave some runs unfinished (a failed run
     stops with a FAILED marker at its first LR drop, a running one half-way, a pending one has no dir).
     pretrain_records: the pretrained sources that get a pretrain.json (others are "not recorded").
     margin_ap None leaves the key out of study.json (the reader's default applies).
-    random_ap75_bonus: AP75 points random init gets on top of 1.1*AP (negative: pretrained localizes better).
+    random_ap75_bonus: AP75 points random init gets on top of 1.1*AP (negative: pretrained localizes better);
+    pretrained_ap50_bonus / pretrained_ap75_bonus: the same for the pretrained arms at AP50 and AP75.
+    pretrained_decay: {images: AP lost per 1,000 iterations from iteration 300 on} for the pretrained arms
+    (an arm that peaks early and degrades with longer training); random_plateau_scale scales random's plateau;
+    noise_ap: the amplitude of the per-seed noise; init_cost: written as study.json's init_cost.
     """
+    shape = {"random_ap75_bonus": random_ap75_bonus, "pretrained_ap50_bonus": pretrained_ap50_bonus,
+             "pretrained_ap75_bonus": pretrained_ap75_bonus, "pretrained_decay": dict(pretrained_decay or {}),
+             "random_plateau_scale": random_plateau_scale, "noise_ap": noise_ap}
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     states = dict(states or {})
@@ -170,7 +185,7 @@ def make_study(root, *, name: str = "fixture", inits=("random", "pretrain"), sch
                             continue
                         run_dir.mkdir(parents=True, exist_ok=True)
                         stop_at = {"done": total, "running": total // 2, "failed": drops[0]}[state]
-                        lines = _metrics_lines(init, images, schedule, seed, inits, mask, stop_at, random_ap75_bonus)
+                        lines = _metrics_lines(init, images, schedule, seed, inits, mask, stop_at, shape)
                         _write_jsonl(run_dir / "metrics.jsonl", lines)
                         if state == "failed":
                             last = [r for r in lines if r["type"] == "train"][-1]
@@ -209,5 +224,7 @@ def make_study(root, *, name: str = "fixture", inits=("random", "pretrain"), sch
     study = {"name": name, "pretrain": pretrain, "runs": entries}
     if margin_ap is not None:
         study["margin_ap"] = margin_ap
+    if init_cost is not None:
+        study["init_cost"] = init_cost
     (root / "study.json").write_text(json.dumps(study, indent=1), encoding="utf-8")
     return root

@@ -8,7 +8,7 @@ from study_fixture import make_study, run_name
 
 from rethink.errors import UserError
 from rethink.fileio import read_jsonl
-from rethink.report import stats
+from rethink.report import stats, words
 
 
 def summary_of(path):
@@ -35,26 +35,36 @@ def test_catches_up_numbers(default_study):
     _, summary = default_study
     f = summary["findings"]["catches_up"]
     assert f["schedule_shortest"] == "1x" and f["schedule_longest"] == "4x" and f["train_size"] == "full"
+    assert f["schedule_best_pretrained"] == "4x" and f["pretrained_degrades"] == "does_not_hold"
     assert f["first_schedule_within_margin"] == "4x"
     assert f["gap_shortest"] > 10 and 0 < f["gap_longest"] < 0.5
     assert f["gap_closed_fraction"] == pytest.approx((f["gap_shortest"] - f["gap_longest"]) / f["gap_shortest"])
-    assert f["gap_longest_diff"]["ci_high"] <= 1.0
+    assert f["gap"]["ci_high"] <= 1.0 and f["closes_most_of_gap"] is False and f["random_ahead"] is False
     assert [g["within_margin"] for g in f["gaps_by_schedule"]] == ["does_not_hold", "does_not_hold", "holds"]
-    assert "catches up" in f["text"] and "4x" in f["text"]
+    assert [g["iters"] for g in f["gaps_by_schedule"]] == [900, 1800, 3600]
+    text = words.finding_text("catches_up", f, "pretrain")
+    assert text.startswith("Random init catches up") and "4x" in text
 
 
-def test_converges_faster_numbers(default_study):
-    _, summary = default_study
+def test_converges_faster_reads_the_early_curve(default_study):
+    path, summary = default_study
     f = summary["findings"]["converges_faster"]
-    assert f["schedule"] == "1x" and f["difference"]["significant"] is True
-    assert f["ap_pretrained"] - f["ap_random"] == pytest.approx(f["difference"]["mean"])
-    # fixture: pretrained tau 150 iterations, random 600 -> random needs several times more iterations
-    assert f["iters_to_90_random"] / f["iters_to_90_pretrained"] == pytest.approx(f["iters_to_90_ratio"])
-    assert f["iters_to_90_ratio"] > 3
-    # 20,000 pre-training iterations of 64 images from the fixture's pretrain.json
-    assert f["images_seen_pretraining"] == 1_280_000
-    assert f["total_images_to_90_pretrained"] == 1_280_000 + f["iters_to_90_pretrained"] * 2
-    assert f["early_iter"] == 600 and f["early_ap_pretrained"] > f["early_ap_random"] + 10
+    # every evaluation of the 4x runs up to its first LR drop (3,000), plus the 1x schedule's final AP
+    assert f["early_until_iter"] == 3000 and f["early_points"] == 30 + 1
+    assert [p["iter"] for p in f["early_curve"]] == list(range(100, 3001, 100))
+    leads = []
+    for seed in (0, 1, 2):
+        pre, rand = [], []
+        for init, out in (("pretrain", pre), ("random", rand)):
+            rows = read_jsonl(path / "runs" / run_name(init, "4x", "full", seed) / "metrics.jsonl")
+            out += [r["bbox/AP"] for r in rows if r["type"] == "eval" and r["iter"] <= 3000]
+            final = json.loads((path / "runs" / run_name(init, "1x", "full", seed) / "final.json").read_text())
+            out.append(final["final"]["bbox/AP"])
+        leads.append(sum(pre) / len(pre) - sum(rand) / len(rand))
+    expected = stats.paired_difference(leads, [0.0] * 3)
+    assert f["lead"]["mean"] == pytest.approx(expected["mean"])
+    assert f["lead"]["ci_low"] == pytest.approx(expected["ci_low"]) and f["lead"]["ci_low"] > 1.0
+    assert f["iters_to_90_ratio"] > 3  # fixture: pretrained tau 150 iterations, random 600
 
 
 def test_converges_faster_iterations_to_reach_pretrained(default_study):
@@ -76,25 +86,140 @@ def test_converges_faster_iterations_to_reach_pretrained(default_study):
     assert f["first_eval_ap_pretrained"] == pytest.approx(target)
     assert f["iters_random_to_reach_it"] == pytest.approx(sum(reached) / 3)
     assert f["iters_random_to_reach_it"] > 2 * f["first_eval_iter_pretrained"]  # fixture: random 4x slower
-    assert f"random init needs {f['iters_random_to_reach_it']:,.0f} iterations to reach" in f["text"]
+    text = words.finding_text("converges_faster", f, "pretrain")
+    assert f"random init needs {f['iters_random_to_reach_it']:,.0f} iterations to reach" in text
 
 
 def test_small_data_numbers(default_study):
     _, summary = default_study
     f = summary["findings"]["small_data_hurts_random"]
-    assert f["train_size"] == 500 and f["schedule"] == "4x"
+    assert f["train_size"] == 500
     assert f["smallest_size_within_margin"] == 2000 and f["smallest_images_within_margin"] == 2000
     assert f["largest_size_behind"] == 500
-    assert f["difference"]["mean"] > 4 and f["difference"]["ci_low"] > 0
-    assert "2,000 training images" in f["text"]
+    assert f["gap"]["mean"] > 4 and f["gap"]["ci_low"] > 1.0
+    assert "2,000 training images" in words.finding_text("small_data_hurts_random", f, "pretrain")
 
 
 def test_localization_numbers(default_study):
     _, summary = default_study
     f = summary["findings"]["localization"]
-    assert f["gap_ap75"] < f["gap_ap50"]
-    assert f["gap_ap75_minus_ap50"]["mean"] == pytest.approx(f["gap_ap75"] - f["gap_ap50"])
-    assert f["tolerance_ap"] == 1.0
+    assert f["schedule"] == "4x"  # where random is closest on AP
+    assert f["gap_ap75"]["mean"] < 0  # random init localizes slightly better (fixture bonus 0.8)
+    assert f["ap75_gap_minus_ap50_gap"] == pytest.approx(f["gap_ap75"]["mean"] - f["gap_ap50"]["mean"])
+    assert f["margin_ap"] == 1.0
+
+
+def test_questions_answered_from_the_findings(default_study):
+    _, summary = default_study
+    q = summary["questions"]
+    assert q["source"] == "pretrain"
+    assert q["necessary"]["answer"] == "no" and q["helpful"]["answer"] == "yes"
+    assert q["more_data"] == {**q["more_data"], "answer": "yes", "images_random_needs": 2000,
+                              "largest_images_behind": 500}
+    assert q["how_long"]["answer"] == "within_tried" and q["how_long"]["schedule"] == "4x"
+    assert q["how_long"]["iters"] == 3600
+    c = q["helpful"]["compute"]
+    # pre-training: 20,000 iterations of 64 images (pretrain.json), plus 4x fine-tuning of 3,600 x 2 images
+    assert c["pretraining"]["images"] == 1_280_000 and "measured" in c["pretraining"]["from"]
+    assert c["pretrained_total"]["images"] == 1_280_000 + 7_200 and c["random"]["images"] == 7_200
+    assert c["pretrained_total"]["pixels"] == (1_280_000 + 7_200) * 64 * 64
+    assert c["pretrained_over_random"]["images"] == pytest.approx((1_280_000 + 7_200) / 7_200)
+    answers = dict((k, t) for k, _, t in words.question_answers(summary))
+    assert answers["necessary"].startswith("No.") and answers["how_long"].startswith("4x (3,600 iterations)")
+    assert "1.29M images" in answers["helpful"]
+    assert "best_source" not in q
+
+
+def test_pretrained_peaking_early_on_small_data_is_judged_at_its_best(tmp_path):
+    """Pretrained peaks at 1x on 500 images and degrades: at the longest schedule alone random looks fine."""
+    summary = summary_of(make_study(tmp_path, pretrained_decay={500: 5.0}))
+    f = summary["findings"]["small_data_hurts_random"]
+    assert f["status"] == "holds"
+    small = f["by_size"][0]
+    assert small["best_schedule_pretrained"] == "1x" and small["best_schedule_random"] == "4x"
+    assert f["gap"]["ci_low"] > 1.0
+    # the longest schedule alone would hide it: there random is within the margin of pretrained's best AP
+    at_4x = next(c for c in summary["comparisons"] if c["schedule"] == "4x" and c["train_size"] == 500)
+    assert at_4x["best"]["bbox/AP"]["ci_high"] < 1.0
+
+
+def test_pretrained_degrading_with_longer_schedules_is_not_caught_up_by_a_worse_model(tmp_path):
+    summary = summary_of(make_study(tmp_path, pretrained_decay={8000: 1.0}, random_plateau_scale=0.92))
+    f = summary["findings"]["catches_up"]
+    assert f["status"] == "does_not_hold" and f["schedule_best_pretrained"] == "1x"
+    assert f["gap"]["ci_low"] > 1.0 and f["first_schedule_within_margin"] is None
+    assert f["pretrained_degrades"] == "holds" and f["pretrained_degradation"]["ci_low"] > 1.0
+    # at the longest schedule random init equals the (degraded) pretrained model: the old reading
+    at_4x = next(c for c in summary["comparisons"] if c["schedule"] == "4x" and c["train_size"] == "full")
+    assert abs(at_4x["final"]["bbox/AP"]["mean"]) < 0.5
+    assert f["closes_most_of_gap"] is True  # does_not_hold, and most of the 1x gap closed
+    assert summary["questions"]["how_long"]["answer"] == "longer_than_tried"
+    text = words.finding_text("catches_up", f, "pretrain")
+    assert "pretrain degrades with longer training" in text and "1x" in text
+
+
+def test_single_long_schedule_gets_a_verdict(tmp_path):
+    summary = summary_of(make_study(tmp_path, sizes=("full",), schedules=("4x",)))
+    findings = summary["findings"]
+    assert findings["converges_faster"]["status"] == "holds"
+    assert findings["converges_faster"]["shortest_final"] is None
+    assert findings["converges_faster"]["early_points"] == 30
+    assert findings["catches_up"]["status"] == "holds"
+    assert findings["catches_up"]["gap_closed_fraction"] is None
+    assert findings["small_data_hurts_random"]["status"] == "not_enough_evidence"
+    assert "only one training-set size" in findings["small_data_hurts_random"]["reason"]
+
+
+def test_pretrained_ahead_equally_at_ap50_and_ap75_helps_localization(tmp_path):
+    summary = summary_of(make_study(tmp_path, sizes=("full",), random_ap75_bonus=0.0,
+                                    pretrained_ap50_bonus=3.0, pretrained_ap75_bonus=3.0))
+    f = summary["findings"]["localization"]
+    assert f["status"] == "does_not_hold"
+    assert f["gap_ap75"]["ci_low"] > 1.0
+    assert abs(f["ap75_gap_minus_ap50_gap"]) < 0.5  # equal gaps: a difference rule would have said "holds"
+    assert "better localization here" in words.finding_text("localization", f, "pretrain")
+
+
+def test_pretraining_that_helps_localization(tmp_path):
+    summary = summary_of(make_study(tmp_path, sizes=("full",), schedules=("2x",), random_ap75_bonus=-3.0))
+    f = summary["findings"]["localization"]
+    assert f["status"] == "does_not_hold"
+    assert f["gap_ap75"]["mean"] > 1.0
+
+
+def test_interval_straddling_the_margin_is_not_enough_evidence(tmp_path):
+    summary = summary_of(make_study(tmp_path, noise_ap=1.5))
+    catch = summary["findings"]["catches_up"]
+    assert catch["status"] == "not_enough_evidence"
+    assert catch["gap"]["ci_low"] < 1.0 < catch["gap"]["ci_high"]
+    assert catch["closes_most_of_gap"] is False and catch["first_schedule_within_margin"] is None
+    assert summary["findings"]["localization"]["status"] == "not_enough_evidence"
+    assert summary["questions"]["necessary"]["answer"] == "unclear"
+    # the lead early in training is still far above the margin despite the noise
+    assert summary["findings"]["converges_faster"]["lead"]["ci_low"] > 1.0
+
+
+def test_random_that_does_not_catch_up(tmp_path):
+    summary = summary_of(make_study(tmp_path, schedules=("1x", "2x")))
+    f = summary["findings"]["catches_up"]
+    assert f["status"] == "does_not_hold"
+    assert f["first_schedule_within_margin"] is None
+    assert 0.4 < f["gap_closed_fraction"] < 0.8
+    text = words.finding_text("catches_up", f, "pretrain")
+    assert f"closed {f['gap_closed_fraction']:.0%}" in text
+    most = f["gap_closed_fraction"] >= 0.5
+    assert f["closes_most_of_gap"] is most
+    assert text.startswith("Random init closes most of the gap" if most else "Random init does not catch up")
+
+
+def test_stated_init_cost_for_imagenet(tmp_path):
+    cost = {"imagenet": {"images_per_epoch": 1_281_167, "epochs": 100, "resolution": 224, "note": "paper"}}
+    summary = summary_of(make_study(tmp_path, inits=("random", "imagenet"), pretrain_records=(), init_cost=cost))
+    c = summary["pretraining_cost"]["imagenet"]
+    assert c["images"] == 128_116_700 and c["pixels"] == 128_116_700 * 224 * 224
+    assert c["from"].startswith("stated in the study")
+    total = summary["compute"]["pretrained_total"]
+    assert total["images"] == 128_116_700 + 3_600 * 2
 
 
 def test_cells_equal_means_of_final_json(default_study):
@@ -131,43 +256,13 @@ def test_comparisons_are_paired_by_seed(default_study):
     assert comp["seeds"] == [0, 1, 2]
 
 
-def test_random_that_does_not_catch_up(tmp_path):
-    summary = summary_of(make_study(tmp_path, schedules=("1x", "2x")))
-    f = summary["findings"]["catches_up"]
-    assert f["status"] == "does_not_hold"
-    assert f["first_schedule_within_margin"] is None
-    assert 0.4 < f["gap_closed_fraction"] < 0.8
-    assert f"closed {f['gap_closed_fraction']:.0%}" in f["text"]
-    # at least half of the shortest schedule's gap closed: said so, in the text and as a flag
-    most = f["gap_closed_fraction"] >= 0.5
-    assert f["closes_most_of_gap"] is most
-    assert f["text"].startswith("Random init closes most of the gap" if most else "Random init does not catch up")
-
-
-def test_pretraining_that_helps_localization(tmp_path):
-    summary = summary_of(make_study(tmp_path, sizes=("full",), schedules=("2x",), random_ap75_bonus=-3.0))
-    f = summary["findings"]["localization"]
-    assert f["status"] == "does_not_hold"
-    assert f["gap_ap75"] - f["gap_ap50"] > 1.0
-
-
-def test_one_schedule_one_size_is_not_enough_evidence(tmp_path):
-    summary = summary_of(make_study(tmp_path, sizes=("full",), schedules=("2x",)))
-    findings = summary["findings"]
-    assert findings["catches_up"]["status"] == "not_enough_evidence"
-    assert "only one schedule" in findings["catches_up"]["reason"]
-    assert findings["small_data_hurts_random"]["status"] == "not_enough_evidence"
-    assert "only one training-set size" in findings["small_data_hurts_random"]["reason"]
-    assert findings["converges_faster"]["status"] == "holds"
-
-
 def test_one_seed_makes_no_significance_claim(tmp_path):
     summary = summary_of(make_study(tmp_path, seeds=(0,)))
     for key, finding in summary["findings"].items():
         assert finding["n"] == 1, key
-        assert stats.NO_SIGNIFICANCE in finding["text"], key
+        assert words.NO_SIGNIFICANCE in words.finding_text(key, finding, "pretrain"), key
     assert summary["findings"]["catches_up"]["status"] == "holds"  # the margin alone decides
-    assert summary["findings"]["converges_faster"]["difference"]["ci_low"] is None
+    assert summary["findings"]["converges_faster"]["lead"]["ci_low"] is None
     assert all(c["final"]["bbox/AP"]["significant"] is None for c in summary["comparisons"])
     assert all(c["metrics"]["bbox/AP"]["std"] is None for c in summary["cells"])
 
@@ -196,9 +291,13 @@ def test_several_sources_each_compared_with_random(tmp_path):
     assert summary["sources"] == ["pretrain", "imagenet"]
     assert list(summary["findings_by_source"]) == ["pretrain", "imagenet"]
     assert summary["findings"] == summary["findings_by_source"]["pretrain"]
-    imagenet = summary["findings_by_source"]["imagenet"]["converges_faster"]
-    assert imagenet["images_seen_pretraining"] is None and "not recorded" in imagenet["text"]
     assert summary["pretrain"]["imagenet"] is None
+    cost = summary["pretraining_cost"]["imagenet"]
+    assert cost["images"] is None and "epochs is not recorded" in cost["from"]
+    best = summary["questions"]["best_source"]
+    # the fixture's second source plateaus 1% lower and converges slower
+    assert best["best"] == "pretrain" and [r["source"] for r in best["ranking"]] == ["pretrain", "imagenet"]
+    assert best["any_ahead_at_longest"] is False  # random init is within the margin at 4x
 
 
 def test_other_axis_values_get_their_own_cells_and_verdicts(tmp_path):

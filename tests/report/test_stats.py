@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from rethink.report import stats
+from rethink.report import stats, words
 
 # Two-sided 95% Student t quantiles t(0.975, df) from the standard table.
 T_975 = {1: 12.706204736174696, 2: 4.302652729911275, 3: 3.182446305284263}
@@ -67,7 +67,7 @@ def test_paired_difference_one_seed_has_no_interval():
     assert result["std"] is None
     assert result["ci_low"] is None and result["ci_high"] is None
     assert result["significant"] is None
-    assert stats.fmt_ci(result) == "n=1"
+    assert words.fmt_ci(result) == "n=1"
 
 
 def test_paired_difference_drops_pairs_with_nan_and_rejects_unequal_lengths():
@@ -96,8 +96,10 @@ def test_ahead_status_rules():
     margin = 1.0
     assert stats.ahead_status(_diff(1.5, 1), margin) == stats.HOLDS
     assert stats.ahead_status(_diff(0.9, 1), margin) == stats.DOES_NOT_HOLD
-    assert stats.ahead_status(_diff(3.0, 3, 1.0, 5.0), margin) == stats.HOLDS
-    # ahead on average by more than the margin, but the interval reaches 0
+    # with several seeds the whole interval must clear the margin, not just 0
+    assert stats.ahead_status(_diff(3.0, 3, 1.2, 4.8), margin) == stats.HOLDS
+    assert stats.ahead_status(_diff(3.0, 3, 1.0, 5.0), margin) == stats.NOT_ENOUGH
+    assert stats.ahead_status(_diff(2.0, 3, 0.4, 3.6), margin) == stats.NOT_ENOUGH  # significant, inside the margin
     assert stats.ahead_status(_diff(3.0, 3, -0.5, 6.5), margin) == stats.NOT_ENOUGH
     assert stats.ahead_status(_diff(0.5, 3, 0.1, 0.9), margin) == stats.DOES_NOT_HOLD
     assert stats.ahead_status(_diff(None, 0), margin) == stats.NOT_ENOUGH
@@ -111,13 +113,20 @@ def test_within_status_rules():
     assert stats.within_status(_diff(0.2, 3, -0.3, 0.7), margin) == stats.HOLDS
     assert stats.within_status(_diff(0.2, 3, -0.8, 1.2), margin) == stats.NOT_ENOUGH
     assert stats.within_status(_diff(3.0, 3, 2.0, 4.0), margin) == stats.DOES_NOT_HOLD
+    # random ahead by more than the margin is within it a fortiori (one-sided: random not worse by > margin)
+    assert stats.within_status(_diff(-3.0, 3, -4.0, -2.0), margin) == stats.HOLDS
+    # the two rules are mirror images on every shape
+    for d in (_diff(0.9, 1), _diff(1.5, 1), _diff(0.2, 3, -0.8, 1.2), _diff(3.0, 3, 2.0, 4.0), _diff(None, 0)):
+        mirror = {stats.HOLDS: stats.DOES_NOT_HOLD, stats.DOES_NOT_HOLD: stats.HOLDS}
+        expected = mirror.get(stats.ahead_status(d, margin), stats.NOT_ENOUGH)
+        assert stats.within_status(d, margin) == expected
 
 
 def test_formatting_of_counts_and_intervals():
-    assert stats.fmt_count(1_280_000) == "1.28M"
-    assert stats.fmt_count(128_000_000) == "128M"
-    assert stats.fmt_count(4200) == "4.2k"
-    assert stats.fmt_count(950) == "950"
-    assert stats.fmt_ci({"n": 3, "ci_low": 2.94, "ci_high": 4.06, "confidence": 0.95}) == "95% CI [+2.9, +4.1], n=3"
-    assert stats.size_label("full", 8000) == "all 8,000 images"
-    assert stats.size_label(500, 500) == "500 images"
+    assert words.fmt_count(1_280_000) == "1.28M"
+    assert words.fmt_count(128_000_000) == "128M"
+    assert words.fmt_count(4200) == "4.2k"
+    assert words.fmt_count(950) == "950"
+    assert words.fmt_ci({"n": 3, "ci_low": 2.94, "ci_high": 4.06, "confidence": 0.95}) == "95% CI [+2.9, +4.1], n=3"
+    assert words.size_label("full", 8000) == "all 8,000 images"
+    assert words.size_label(500, 500) == "500 images"

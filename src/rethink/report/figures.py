@@ -17,7 +17,7 @@ from matplotlib.patches import Patch
 from matplotlib.ticker import EngFormatter, FixedLocator, NullLocator
 
 from rethink.fileio import atomic_write_bytes
-from rethink.report import stats
+from rethink.report import stats, words
 from rethink.report.stats import PRIMARY, RANDOM
 
 DPI = 150
@@ -142,8 +142,8 @@ def _save(fig: Figure, out_dir: Path, name: str) -> tuple:
 
 
 def _panel_title(size, images, other: dict) -> str:
-    title = stats.size_label(size, images)
-    label = stats.other_label(other)
+    title = words.size_label(size, images)
+    label = words.other_label(other)
     return f"{title}\n{label}" if label else title
 
 
@@ -278,7 +278,7 @@ def figure_ap_vs_schedule(study, cells, out_dir: Path):
 
 
 def _size_tick(size, images) -> str:
-    text = stats.fmt_count(images)
+    text = words.fmt_count(images)
     return f"{text}\n(full)" if size == "full" else text
 
 
@@ -299,12 +299,13 @@ def figure_ap_vs_size(study, cells, summary, out_dir: Path):
         group = panels[other_key]
         ticks = {}
         for init in inits:
-            # per size, the longest schedule this init has done there: best AP over that curve
+            # per size, the arm at its best: the schedule whose curve peaks highest (mean over seeds), as the
+            # paper gives each arm its best schedule on small data
             by_size = {}
             for c in group:
                 if c["init"] == init and c["best"].get(PRIMARY, {}).get("mean") is not None:
                     kept = by_size.get(c["train_size"])
-                    if kept is None or c["schedule_factor"] > kept["schedule_factor"]:
+                    if kept is None or c["best"][PRIMARY]["mean"] > kept["best"][PRIMARY]["mean"]:
                         by_size[c["train_size"]] = c
             points = sorted(by_size.values(), key=lambda c: c["train_images"])
             if not points:
@@ -320,7 +321,7 @@ def figure_ap_vs_size(study, cells, summary, out_dir: Path):
         ax.set_xticklabels([ticks[t] for t in sorted(ticks)])
         ax.set_xlabel("training images (log scale)")
         ax.set_ylabel(f"best {AP_LABEL}")
-        label = stats.other_label(json.loads(other_key))
+        label = words.other_label(json.loads(other_key))
         if label:
             ax.set_title(label)
 
@@ -347,8 +348,8 @@ def figure_ap_vs_size(study, cells, summary, out_dir: Path):
     fig.legend(handles=handles, loc="outside upper center", ncols=len(handles), frameon=False)
     png, svg = _save(fig, out_dir, "ap_vs_train_size")
     reference = f" against {study.sources[0]}" if study.sources else ""
-    caption = ("Best box AP over the training curve against the number of training images, at the longest "
-               "schedule run at each size, mean over seeds with one-standard-deviation error bars. The shaded "
+    caption = ("Best box AP over the training curve against the number of training images, each init at its "
+               "best schedule at each size, mean over seeds with one-standard-deviation error bars. The shaded "
                f"breakdown band lies between the largest size where random init is behind{reference} by more "
                f"than the margin ({study.margin_ap:.1f} AP, significantly when there are several seeds) and the "
                "smallest size from which it stays within the margin; where it is never shown within the margin, "
@@ -403,7 +404,7 @@ def figure_compute(study, cells, out_dir: Path):
                                edgecolor=color, lw=0, zorder=2)
                 total = fine + (pre or 0.0)
                 top = max(top, total)
-                bars.append((x, total, stats.fmt_count(total)))
+                bars.append((x, total, words.fmt_count(total)))
         # side by side, three or more labels per group collide: stand them upright
         rotation = 90 if len(inits) > 2 else 0
         for x, total, note in bars:
@@ -430,7 +431,7 @@ def figure_compute(study, cells, out_dir: Path):
         handles.append(Patch(facecolor="0.8", edgecolor="0.4", hatch="///", label="pre-training"))
     fig.legend(handles=handles, loc="outside upper center", ncols=len(handles), frameon=False)
     png, svg = _save(fig, out_dir, "compute")
-    caption = (f"What each arm has seen by the end of each schedule on {stats.size_label(size, images)}: "
+    caption = (f"What each arm has seen by the end of each schedule on {words.size_label(size, images)}: "
                "fine-tuning (solid) plus pre-training (hatched, from the pre-training record) for pretrained "
                "inits, training from scratch for random init. Pre-training instances count one labelled "
                "instance per classification image unless the record says otherwise.")
@@ -483,8 +484,8 @@ def figure_overfitting(study, out_dir: Path):
         for ax in (loss_ax, ap_ax):
             for d in sorted(drops):
                 ax.axvline(d, color=DROP_COLOR, ls=":", lw=0.9, zorder=1)
-        title = stats.size_label(members[0].train_size, members[0].train_images)
-        label = stats.other_label(json.loads(other_key))
+        title = words.size_label(members[0].train_size, members[0].train_images)
+        label = words.other_label(json.loads(other_key))
         loss_ax.set_title(f"Smallest training set: {title}" + (f"\n{label}" if label else ""))
         loss_ax.set_ylabel("training loss (smoothed)")
         ap_ax.set_ylabel(f"validation {AP_LABEL}")

@@ -11,18 +11,17 @@ import json
 from pathlib import Path
 
 from rethink.fileio import atomic_write_json, atomic_write_text
-from rethink.report import stats
+from rethink.report import stats, words
 from rethink.report.figures import write_figures
-from rethink.report.stats import DOES_NOT_HOLD, HOLDS, NOT_ENOUGH
+from rethink.report.words import STATUS_WORDS
 
-# The paper's questions, in the order a reader asks them.
-QUESTIONS = [
-    ("catches_up", "Is pre-training necessary? Does random init catch up with a longer schedule?"),
+# The paper's findings, each as the question it answers, in the order a reader asks them.
+FINDING_QUESTIONS = [
+    ("catches_up", "Does random init catch up with pre-training's best model, given a longer schedule?"),
     ("converges_faster", "Does pre-training speed up convergence?"),
-    ("small_data_hurts_random", "How much data does random init need?"),
-    ("localization", "Does pre-training help localization?"),
+    ("small_data_hurts_random", "Does little data hurt random init, and how much does it need?"),
+    ("localization", "Does pre-training give better localization (AP75)?"),
 ]
-STATUS_WORDS = {HOLDS: "holds", DOES_NOT_HOLD: "does not hold", NOT_ENOUGH: "not enough evidence"}
 
 CSS = """
 body { font-family: -apple-system, "Segoe UI", Roboto, "DejaVu Sans", Helvetica, Arial, sans-serif;
@@ -95,12 +94,12 @@ def _pm_duration(entry: dict | None) -> str:
 def _pm_iters(entry: dict | None) -> str:
     if not entry or entry.get("mean") is None:
         return "-"
-    text = stats.fmt_int(entry["mean"])
-    return text if not entry.get("std") else f"{text} ± {stats.fmt_int(entry['std'])}"
+    text = words.fmt_int(entry["mean"])
+    return text if not entry.get("std") else f"{text} ± {words.fmt_int(entry['std'])}"
 
 
 def _size(entry: dict) -> str:
-    return stats.size_label(entry["train_size"], entry.get("train_images"))
+    return words.size_label(entry["train_size"], entry.get("train_images"))
 
 
 def status_line(summary: dict) -> str:
@@ -144,13 +143,13 @@ def verdict_groups(summary: dict) -> list:
     for verdict in summary["verdicts"]:
         heading = f"{verdict['source']} vs random init"
         if several_others:
-            heading += f" ({stats.other_label(verdict['other']) or 'base config'})"
+            heading += f" ({words.other_label(verdict['other']) or 'base config'})"
         items = [(question, verdict["findings"][key]["status"], verdict["findings"][key]["text"])
-                 for key, question in QUESTIONS]
+                 for key, question in FINDING_QUESTIONS]
         groups.append((heading, items))
     if not groups:
         items = [(question, summary["findings"][key]["status"], summary["findings"][key]["text"])
-                 for key, question in QUESTIONS]
+                 for key, question in FINDING_QUESTIONS]
         groups.append(("pretrained vs random init", items))
     return groups
 
@@ -169,7 +168,7 @@ def cell_table(summary: dict) -> tuple:
     headers += ["best box AP", "iters to 90% of best AP", "wall time"]
     rows = []
     for c in cells:
-        row = [c["init"], c["schedule"], _size(c)] + ([stats.other_label(c["other"])] if any_other else [])
+        row = [c["init"], c["schedule"], _size(c)] + ([words.other_label(c["other"])] if any_other else [])
         row += [str(c["n_seeds"])] + [_pm(c["metrics"].get(k)) for k in keys]
         row += [_pm(c["best"].get(stats.PRIMARY)), _pm_iters(c["iters_to_90"]), _pm_duration(c["wall_time_s"])]
         rows.append(row)
@@ -186,11 +185,11 @@ def comparison_table(summary: dict) -> tuple:
         ap = c["final"].get(stats.PRIMARY)
         ci = "-" if ap is None or ap["ci_low"] is None else f"[{ap['ci_low']:+.1f}, {ap['ci_high']:+.1f}]"
         sig = {True: "yes", False: "no", None: "no claim (n=1)"}[ap["significant"] if ap else None]
-        row = [c["source"], c["schedule"], _size(c)] + ([stats.other_label(c["other"])] if any_other else [])
-        row += [str(ap["n"] if ap else 0), stats.fmt_signed(ap["mean"] if ap else None), ci, sig,
-                stats.fmt_signed((c["final"].get("bbox/AP50") or {}).get("mean")),
-                stats.fmt_signed((c["final"].get("bbox/AP75") or {}).get("mean")),
-                stats.fmt_signed((c["best"].get(stats.PRIMARY) or {}).get("mean"))]
+        row = [c["source"], c["schedule"], _size(c)] + ([words.other_label(c["other"])] if any_other else [])
+        row += [str(ap["n"] if ap else 0), words.fmt_signed(ap["mean"] if ap else None), ci, sig,
+                words.fmt_signed((c["final"].get("bbox/AP50") or {}).get("mean")),
+                words.fmt_signed((c["final"].get("bbox/AP75") or {}).get("mean")),
+                words.fmt_signed((c["best"].get(stats.PRIMARY) or {}).get("mean"))]
         rows.append(row)
     return headers, rows, set(range(4 if any_other else 3))
 
@@ -205,8 +204,8 @@ def pretrain_table(summary: dict) -> tuple:
             rows.append([source, "not recorded", "-", "-", "-", note if note != "not recorded" else "-"])
             continue
         top1 = rec.get("top1")
-        rows.append([source, "-" if top1 is None else f"{top1:.1f}", stats.fmt_int(rec.get("iters")),
-                     stats.fmt_count(rec.get("images_seen")), stats.fmt_count(rec.get("pixels_seen")),
+        rows.append([source, "-" if top1 is None else f"{top1:.1f}", words.fmt_int(rec.get("iters")),
+                     words.fmt_count(rec.get("images_seen")), words.fmt_count(rec.get("pixels_seen")),
                      _duration(rec.get("wall_time_s"))])
     return headers, rows, {0}
 
@@ -216,18 +215,18 @@ def runs_table(summary: dict) -> tuple:
                "note"]
     rows, classes = [], []
     for r in summary["runs"]:
-        progress = f"{stats.fmt_int(r['last_iter']) if r['last_iter'] is not None else 0} / {stats.fmt_int(r['iters'])}"
+        progress = f"{words.fmt_int(r['last_iter']) if r['last_iter'] is not None else 0} / {words.fmt_int(r['iters'])}"
         if r["state"] == "failed":
             failed = next((f for f in summary["failed"] if f["name"] == r["name"]), {})
             reason = failed.get("reason") or "no reason recorded"
-            note = f"failed at iteration {stats.fmt_int(failed.get('iter'))}: {reason}"
+            note = f"failed at iteration {words.fmt_int(failed.get('iter'))}: {reason}"
         elif r["reason"]:
             note = r["reason"]
         elif r["trunk"]:
-            note = f"fork of {r['trunk']} at {stats.fmt_int(r['fork_iter'])}"
+            note = f"fork of {r['trunk']} at {words.fmt_int(r['fork_iter'])}"
         else:
             note = ""
-        final_ap = stats.fmt_ap(r["final_ap"]) if r["final_ap"] is not None else "-"
+        final_ap = words.fmt_ap(r["final_ap"]) if r["final_ap"] is not None else "-"
         rows.append([r["name"], r["init"], r["schedule"], _size(r), str(r["seed"]), r["state"], progress,
                      final_ap, note])
         classes.append(r["state"])
@@ -270,6 +269,12 @@ def render_html(summary: dict, figures: list, skipped: list) -> str:
     incomplete = incomplete_text(summary)
     if incomplete:
         parts.append(f'<div class="box warn">{_e(incomplete)}</div>')
+
+    parts.append("<h2>Answers</h2>")
+    parts.append('<ul class="findings">')
+    for _, title, text in words.question_answers(summary):
+        parts.append(f'<li><span class="q">{_e(title)}</span>{_e(text)}</li>')
+    parts.append("</ul>")
 
     parts.append("<h2>Verdict</h2>")
     sig = significance_text(summary)
@@ -315,7 +320,7 @@ def render_html(summary: dict, figures: list, skipped: list) -> str:
     parts.append("<h2>Runs</h2>")
     if summary["failed"]:
         parts.append("<p>Failed runs:</p><ul>")
-        parts += [f"<li><code>{_e(f['name'])}</code> at iteration {_e(stats.fmt_int(f['iter']))}: "
+        parts += [f"<li><code>{_e(f['name'])}</code> at iteration {_e(words.fmt_int(f['iter']))}: "
                   f"{_e(f['reason'] or 'no reason recorded')}</li>" for f in summary["failed"]]
         parts.append("</ul>")
     headers, rows, left, classes = runs_table(summary)
@@ -346,7 +351,9 @@ def render_markdown(summary: dict, figures: list, skipped: list) -> str:
     incomplete = incomplete_text(summary)
     if incomplete:
         out += [f"> **Incomplete.** {incomplete}", ""]
-    out += ["## Verdict", ""]
+    out += ["## Answers", ""]
+    out += [f"- **{title}** {text}" for _, title, text in words.question_answers(summary)]
+    out += ["", "## Verdict", ""]
     sig = significance_text(summary)
     if sig:
         out += [f"> {sig}", ""]
@@ -375,7 +382,7 @@ def render_markdown(summary: dict, figures: list, skipped: list) -> str:
     out += ["## Runs", ""]
     if summary["failed"]:
         out += ["Failed runs:", ""]
-        out += [f"- `{f['name']}` at iteration {stats.fmt_int(f['iter'])}: {f['reason'] or 'no reason recorded'}"
+        out += [f"- `{f['name']}` at iteration {words.fmt_int(f['iter'])}: {f['reason'] or 'no reason recorded'}"
                 for f in summary["failed"]]
         out.append("")
     headers, rows, _, _ = runs_table(summary)
@@ -396,7 +403,7 @@ def write_report(study_dir) -> Path:
     """
     study_dir = Path(study_dir)
     study = stats.load_study(study_dir)
-    summary = stats.summarize(study)
+    summary = words.add_text(stats.summarize(study))
     out = study_dir / "report"
     figures, skipped = write_figures(study, summary, out / "figures")
     summary["figures"] = [{"name": f["name"], "title": f["title"], "caption": f["caption"],

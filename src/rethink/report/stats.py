@@ -37,7 +37,7 @@ HOLDS = "holds"
 DOES_NOT_HOLD = "does_not_hold"
 NOT_ENOUGH = "not_enough_evidence"
 
-NO_SIGNIFICANCE = "One seed per cell: no claim of significance can be made."
+
 
 
 # ---------------------------------------------------------------------------------------------
@@ -118,73 +118,23 @@ def ahead_status(diff: dict, margin: float) -> str:
     """Is the first arm ahead by more than `margin`? (rule in the module docstring)."""
     if diff is None or diff["n"] == 0:
         return NOT_ENOUGH
-    if diff["mean"] <= margin:
-        return DOES_NOT_HOLD
     if diff["n"] == 1:
-        return HOLDS
-    return HOLDS if diff["ci_low"] > 0 else NOT_ENOUGH
-
-
-def within_status(diff: dict, margin: float) -> str:
-    """Is the first arm ahead by at most `margin`? (rule in the module docstring)."""
-    if diff is None or diff["n"] == 0:
-        return NOT_ENOUGH
-    if diff["n"] == 1:
-        return HOLDS if diff["mean"] <= margin else DOES_NOT_HOLD
-    if diff["ci_high"] <= margin:
-        return HOLDS
+        return HOLDS if diff["mean"] > margin else DOES_NOT_HOLD
     if diff["ci_low"] > margin:
+        return HOLDS
+    if diff["ci_high"] <= margin:
         return DOES_NOT_HOLD
     return NOT_ENOUGH
 
 
+def within_status(diff: dict, margin: float) -> str:
+    """Is the first arm ahead by at most `margin`? The mirror image of `ahead_status`."""
+    return {HOLDS: DOES_NOT_HOLD, DOES_NOT_HOLD: HOLDS, NOT_ENOUGH: NOT_ENOUGH}[ahead_status(diff, margin)]
+
+
 # ---------------------------------------------------------------------------------------------
-# Number formatting shared by the finding sentences, the HTML and the Markdown
+# Ordering
 # ---------------------------------------------------------------------------------------------
-
-
-def fmt_ap(x) -> str:
-    return "n/a" if x is None else f"{x:.1f}"
-
-
-def fmt_signed(x) -> str:
-    return "n/a" if x is None else f"{x:+.1f}"
-
-
-def fmt_count(x) -> str:
-    """1234 -> '1.2k', 128_000_000 -> '128M': the magnitudes of the compute comparison."""
-    if x is None:
-        return "n/a"
-    x = float(x)
-    for scale, suffix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
-        if abs(x) >= scale:
-            value = x / scale
-            return f"{value:.3g}{suffix}"
-    return f"{x:.0f}"
-
-
-def fmt_int(x) -> str:
-    return "n/a" if x is None else f"{int(round(x)):,}"
-
-
-def fmt_ci(diff: dict) -> str:
-    """'95% CI [+2.9, +4.1], n=3', or 'n=1' where no interval exists."""
-    if diff is None or diff["n"] == 0:
-        return "no paired seeds"
-    if diff["ci_low"] is None:
-        return f"n={diff['n']}"
-    pct = int(round(diff["confidence"] * 100))
-    return f"{pct}% CI [{diff['ci_low']:+.1f}, {diff['ci_high']:+.1f}], n={diff['n']}"
-
-
-def other_label(other: dict) -> str:
-    return ", ".join(f"{k}={json.dumps(v) if not isinstance(v, str) else v}" for k, v in sorted(other.items()))
-
-
-def fmt_ratio(x) -> str:
-    if x is None:
-        return "n/a"
-    return f"{x:.0f}x" if x >= 10 else f"{x:.1f}x" if x >= 0.1 else f"{x:.2g}x"
 
 
 def size_sort_key(train_size, train_images) -> tuple:
@@ -192,13 +142,6 @@ def size_sort_key(train_size, train_images) -> tuple:
     if train_images is not None:
         return (0, train_images)
     return (0, train_size) if isinstance(train_size, int) else (1, 0)
-
-
-def size_label(train_size, train_images) -> str:
-    """'2,000 images', or 'all 8,000 images' for the full training set."""
-    if train_size == "full" or not isinstance(train_size, int):
-        return f"all {fmt_int(train_images)} images" if train_images is not None else "the full training set"
-    return f"{fmt_int(train_images if train_images is not None else train_size)} images"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -259,6 +202,7 @@ class Study:
     pretrain: dict  # source name -> pretrain.json dict, or None when not recorded
     pretrain_notes: dict  # source name -> why it is not recorded
     runs: list
+    init_cost: dict = field(default_factory=dict)  # source name -> the study's report.init_cost entry
 
     @property
     def sources(self) -> list:
@@ -373,7 +317,7 @@ def load_study(study_dir) -> Study:
             pretrain[run.init], notes[run.init] = None, "not recorded"
     return Study(path=study_dir, name=index.get("name", study_dir.name),
                  margin_ap=float(index.get("margin_ap", 1.0)), pretrain=pretrain,
-                 pretrain_notes=notes, runs=runs)
+                 pretrain_notes=notes, runs=runs, init_cost=dict(index.get("init_cost") or {}))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -461,15 +405,6 @@ def _best_ap(run):
     return (run.final.get("best") or {}).get(PRIMARY)
 
 
-def _ap_at_or_before(run: RunRecord, iteration: int):
-    """bbox/AP of the last evaluation at or before `iteration` (None when there is none)."""
-    value = None
-    for row in run.evals:
-        if row["iter"] <= iteration:
-            value = row.get(PRIMARY)
-    return value
-
-
 class _Grid:
     """Done runs indexed by cell and seed, for one pretrained source against random in one `other` group."""
 
@@ -512,12 +447,8 @@ class _Grid:
         return [cell[s] for s in seeds]
 
     def pair(self, schedule, size, value_fn) -> dict:
-        a = [value_fn(r) for r in self.runs(self.source, schedule, size)]
-        b = [value_fn(r) for r in self.runs(RANDOM, schedule, size)]
-        diff = paired_difference(a, b)
-        diff["a_mean"] = mean_std(a)["mean"]
-        diff["b_mean"] = mean_std(b)["mean"]
-        return diff
+        return _paired([value_fn(r) for r in self.runs(self.source, schedule, size)],
+                       [value_fn(r) for r in self.runs(RANDOM, schedule, size)])
 
     def train_images(self, size):
         return self.cell(self.source, self._any_schedule(size), size)["train_images"]
@@ -543,29 +474,56 @@ def comparisons(study: Study, cells: list) -> list:
     return out
 
 
-def _significance_note(diff) -> str:
-    return NO_SIGNIFICANCE if diff is not None and diff["n"] == 1 else ""
-
-
-def _with_note(text: str, diff) -> str:
-    note = _significance_note(diff)
-    return f"{text} {note}" if note else text
-
-
 def _not_enough(reason: str, **numbers) -> dict:
-    return {"status": NOT_ENOUGH, "reason": reason, "text": f"Not enough evidence: {reason}.", **numbers}
+    return {"status": NOT_ENOUGH, "reason": reason, **numbers}
 
 
-def _where(grid, schedule, size) -> str:
-    return f"{schedule}, {size_label(size, grid.train_images(size))}"
+def _paired(a: list, b: list) -> dict:
+    """paired_difference(a, b) with the two arms' means alongside (a_mean, b_mean)."""
+    diff = paired_difference(a, b)
+    diff["a_mean"] = mean_std(a)["mean"]
+    diff["b_mean"] = mean_std(b)["mean"]
+    return diff
 
 
-def finding_converges_faster(grid: _Grid, margin: float, pretrain_record) -> dict:
-    """Pretrained ahead (rule "ahead") on final bbox/AP at the shortest schedule of the largest size.
+def _by_seed(runs) -> dict:
+    return {r.seed: r for r in runs}
 
-    Also reported: AP of both before the shortest schedule's first LR drop, iterations to 90% of best
-    at the longest schedule (the full curve) and their ratio, and images seen by then including
-    pre-training.
+
+def _final_ap(run):
+    return (run.final.get("final") or {}).get(PRIMARY)
+
+
+def _pretrained_best_schedule(grid: _Grid, size) -> str:
+    """The schedule with the pretrained arm's highest mean final AP at `size` (the shorter one on a tie)."""
+    schedules = grid.schedules(size)
+    means = [mean_std([_final_ap(r) for r in grid.runs(grid.source, s, size)])["mean"] for s in schedules]
+    return max(zip(schedules, means), key=lambda sm: (sm[1] if sm[1] is not None else -math.inf))[0]
+
+
+def _versus(grid: _Grid, size, pre_schedule, rand_schedule, value_fn=_final_ap) -> dict:
+    """Pretrained at one schedule minus random at another, paired by the seeds both cells have."""
+    pre = _by_seed(grid.by_cell.get((grid.source, pre_schedule, size), {}).values())
+    rand = _by_seed(grid.by_cell.get((RANDOM, rand_schedule, size), {}).values())
+    seeds = sorted(set(pre) & set(rand))
+    diff = _paired([value_fn(pre[s]) for s in seeds], [value_fn(rand[s]) for s in seeds])
+    diff["seeds"] = seeds
+    return diff
+
+
+def _eval_ap(run: RunRecord) -> dict:
+    return {row["iter"]: row[PRIMARY] for row in run.evals if _is_number(row.get(PRIMARY))}
+
+
+def finding_converges_faster(grid: _Grid, margin: float) -> dict:
+    """Pretrained ahead (rule "ahead") early in training, at the largest training set.
+
+    The early points are the evaluations that every run of both arms at the longest schedule has at or
+    before that schedule's first LR drop (all schedules of 2x and longer share that part of the curve),
+    plus the shortest schedule's final AP where the study has several schedules. Per seed, the lead is
+    the mean over those points of pretrained minus random; the status tests it against the margin.
+    Supporting numbers: the iterations random init needs to reach the AP pretrained has at its first
+    evaluation, and to reach 90% of each curve's own best.
     """
     src = grid.source
     if not grid.common:
@@ -573,214 +531,165 @@ def finding_converges_faster(grid: _Grid, margin: float, pretrain_record) -> dic
     size = grid.sizes()[-1]
     schedules = grid.schedules(size)
     short, long = schedules[0], schedules[-1]
-    diff = grid.pair(short, size, _final_metric(PRIMARY))
-    status = ahead_status(diff, margin)
+    long_cell = grid.cell(src, long, size)
+    first_drop = long_cell["drops"][0] if long_cell["drops"] else long_cell["iters"]
+    seeds = grid.common[(long, size)]
+    pre_runs, rand_runs = grid.runs(src, long, size), grid.runs(RANDOM, long, size)
+    curves = [_eval_ap(r) for r in pre_runs + rand_runs]
+    shared = sorted(set.intersection(*(set(c) for c in curves)))
+    early = [i for i in shared if i > 0 and (first_drop is None or i <= first_drop)]
+    pre_curves, rand_curves = curves[:len(seeds)], curves[len(seeds):]
+    early_curve = [{"iter": i, "ap_pretrained": mean_std([c[i] for c in pre_curves])["mean"],
+                    "ap_random": mean_std([c[i] for c in rand_curves])["mean"]} for i in early]
 
-    # early on the curve: before the shortest schedule's first LR drop all arms ran at the base LR
-    early_iter = grid.cell(src, short, size)["drops"][0] if grid.cell(src, short, size)["drops"] else None
-    early_pre = early_rand = None
-    if early_iter is not None:
-        early_pre = mean_std([_ap_at_or_before(r, early_iter) for r in grid.runs(src, short, size)])["mean"]
-        early_rand = mean_std([_ap_at_or_before(r, early_iter) for r in grid.runs(RANDOM, short, size)])["mean"]
+    short_diff = _versus(grid, size, short, short) if len(schedules) > 1 else None
+    points_pre = {s: [c[i] for i in early] for s, c in zip(seeds, pre_curves)}
+    points_rand = {s: [c[i] for i in early] for s, c in zip(seeds, rand_curves)}
+    if short_diff is not None or not early:
+        # the final AP of the shortest schedule (or of the only one, when the curve has no early point)
+        pre_short = _by_seed(grid.runs(src, short, size))
+        rand_short = _by_seed(grid.runs(RANDOM, short, size))
+        for s in seeds:
+            if s in pre_short and s in rand_short:
+                points_pre[s].append(_final_ap(pre_short[s]))
+                points_rand[s].append(_final_ap(rand_short[s]))
+    kept = [s for s in seeds if points_pre[s] and None not in points_pre[s] + points_rand[s]]
+    lead = _paired([mean_std(points_pre[s])["mean"] for s in kept], [mean_std(points_rand[s])["mean"] for s in kept])
+    status = ahead_status(lead, margin)
 
     # How far behind random init runs: the iterations it needs to reach the AP pretrained has at its first
     # evaluation of the longest schedule (a ratio that a late LR drop, lifting both curves at once, cannot hide).
-    first_points = [next(((i, v) for i, v in zip(*r.eval_curve(PRIMARY)) if _is_number(v)), None)
-                    for r in grid.runs(src, long, size)]
+    firsts = [min(c.items()) if c else None for c in pre_curves]
     reach_iter = reach_ap = reach_rand = None
-    if first_points and all(p is not None for p in first_points):
-        reach_iter = mean_std([p[0] for p in first_points])["mean"]
-        reach_ap = mean_std([p[1] for p in first_points])["mean"]
-        reached = [iters_to_reach(*r.eval_curve(PRIMARY), reach_ap) for r in grid.runs(RANDOM, long, size)]
-        reach_rand = mean_std(reached)["mean"] if reached and None not in reached else None
-
-    it_pre = mean_std([run_iters_to_90(r) for r in grid.runs(src, long, size)])["mean"]
-    it_rand = mean_std([run_iters_to_90(r) for r in grid.runs(RANDOM, long, size)])["mean"]
-    ratio = it_rand / it_pre if it_pre and it_rand is not None else None
-    batch_pre = grid.cell(src, long, size)["batch_size"]
-    batch_rand = grid.cell(RANDOM, long, size)["batch_size"]
-    img_pre = it_pre * batch_pre if it_pre is not None and batch_pre else None
-    img_rand = it_rand * batch_rand if it_rand is not None and batch_rand else None
-    pre_images = pretrain_record.get("images_seen") if pretrain_record else None
-    total_pre = img_pre + pre_images if img_pre is not None and pre_images is not None else None
-    compute_ratio = total_pre / img_rand if total_pre is not None and img_rand else None
-
-    where = _where(grid, short, size)
-    if status == HOLDS:
-        lead = f"Pre-training ({src}) speeds up convergence: at the shortest schedule ({where}) it reaches "
-    elif status == DOES_NOT_HOLD:
-        lead = (f"Pre-training ({src}) is not ahead by more than the {margin:.1f} AP margin at the shortest "
-                f"schedule ({where}): ")
-    else:
-        lead = (f"Pre-training ({src}) is ahead on average at the shortest schedule ({where}) "
-                "but the interval reaches 0: ")
-    text = (f"{lead}{fmt_ap(diff['a_mean'])} AP against {fmt_ap(diff['b_mean'])} for random init "
-            f"({fmt_signed(diff['mean'])} AP, {fmt_ci(diff)}).")
-    if early_iter is not None and early_pre is not None and early_rand is not None:
-        text += (f" Before the first LR drop (iteration {fmt_int(early_iter)}): {fmt_ap(early_pre)} against "
-                 f"{fmt_ap(early_rand)} AP.")
-    if reach_ap is not None:
-        what = f"the {fmt_ap(reach_ap)} AP that {src} has at iteration {fmt_int(reach_iter)}"
-        if reach_rand is not None:
-            text += (f" On the {long} curve random init needs {fmt_int(reach_rand)} iterations to reach {what} "
-                     f"({fmt_ratio(reach_rand / reach_iter)} as many).")
-        else:
-            text += f" On the {long} curve random init never reaches {what}."
-    if it_pre is not None and it_rand is not None:
-        text += (f" On the {long} curve {src} reaches 90% of its best AP after {fmt_int(it_pre)} iterations, "
-                 f"random init after {fmt_int(it_rand)}"
-                 + (f" ({fmt_ratio(ratio)} as many)." if ratio is not None else "."))
-    if total_pre is not None and img_rand is not None:
-        text += (f" Counting its pre-training ({fmt_count(pre_images)} images), {src} has seen "
-                 f"{fmt_count(total_pre)} images by then against {fmt_count(img_rand)} for random init "
-                 f"({fmt_ratio(compute_ratio)} as many).")
-    elif pretrain_record is None:
-        text += f" The cost of the {src} pre-training is not recorded, so total compute cannot be compared."
+    if firsts and None not in firsts:
+        reach_iter = mean_std([p[0] for p in firsts])["mean"]
+        reach_ap = mean_std([p[1] for p in firsts])["mean"]
+        reached = [iters_to_reach(*r.eval_curve(PRIMARY), reach_ap) for r in rand_runs]
+        reach_rand = mean_std(reached)["mean"] if None not in reached else None
+    it_pre = mean_std([run_iters_to_90(r) for r in pre_runs])["mean"]
+    it_rand = mean_std([run_iters_to_90(r) for r in rand_runs])["mean"]
     return {
-        "status": status, "text": _with_note(text, diff), "n": diff["n"],
-        "schedule": short, "train_size": size, "train_images": grid.train_images(size),
-        "ap_pretrained": diff["a_mean"], "ap_random": diff["b_mean"], "difference": diff,
-        "early_iter": early_iter, "early_ap_pretrained": early_pre, "early_ap_random": early_rand,
-        "curve_schedule": long, "first_eval_iter_pretrained": reach_iter, "first_eval_ap_pretrained": reach_ap,
+        "status": status, "n": lead["n"], "train_size": size, "train_images": grid.train_images(size),
+        "lead": lead, "early_until_iter": first_drop, "early_points": len(early) + (short_diff is not None),
+        "early_curve": early_curve, "curve_schedule": long, "schedule_shortest": short,
+        "shortest_final": short_diff, "margin_ap": margin,
+        "first_eval_iter_pretrained": reach_iter, "first_eval_ap_pretrained": reach_ap,
         "iters_random_to_reach_it": reach_rand,
         "iters_to_90_pretrained": it_pre, "iters_to_90_random": it_rand,
-        "iters_to_90_ratio": ratio, "images_to_90_pretrained": img_pre, "images_to_90_random": img_rand,
-        "images_seen_pretraining": pre_images, "total_images_to_90_pretrained": total_pre,
-        "total_compute_ratio": compute_ratio,
+        "iters_to_90_ratio": it_rand / it_pre if it_pre and it_rand is not None else None,
     }
 
 
 def finding_catches_up(grid: _Grid, margin: float) -> dict:
-    """Random within the margin (rule "within") at the longest schedule of the largest size.
+    """Random init's final AP at the longest schedule within the margin (rule "within") of the pretrained
+    arm's best final AP over the schedules at the largest training set.
 
-    Needs at least two schedules at that size. gap = pretrained - random final bbox/AP;
-    gap_closed_fraction = (gap_shortest - gap_longest) / gap_shortest when gap_shortest > 0.
-    first_schedule_within_margin: the shortest schedule where the "within" rule holds.
-    closes_most_of_gap: not within the margin, but the longest schedule closed at least half of the shortest
-    schedule's gap (random init on its way to catching up, as in the paper's longer schedules).
+    Pretrained's best is the schedule with its highest mean final AP (chosen on means, then paired by seed:
+    a per-seed maximum would favour it with noise). Also: the gap to that best at each schedule and the first
+    schedule within the margin; whether pretrained degrades with longer schedules (its best ahead of its
+    longest by more than the margin); the fraction of the shortest schedule's gap closed at the longest.
     """
     src = grid.source
     if not grid.common:
         return _not_enough(f"no done runs of both {src} and random with a common seed")
     size = grid.sizes()[-1]
     schedules = grid.schedules(size)
-    if len(schedules) < 2:
-        return _not_enough(f"only one schedule ({schedules[0]}) has both arms done on "
-                           f"{size_label(size, grid.train_images(size))}; catching up needs a longer one to compare",
-                           train_size=size)
+    short, long = schedules[0], schedules[-1]
+    best = _pretrained_best_schedule(grid, size)
     gaps = []
     for schedule in schedules:
-        diff = grid.pair(schedule, size, _final_metric(PRIMARY))
-        gaps.append({"schedule": schedule, "gap": diff, "within_margin": within_status(diff, margin)})
-    short, long = gaps[0], gaps[-1]
-    status = long["within_margin"]
+        diff = _versus(grid, size, best, schedule)
+        gaps.append({"schedule": schedule, "iters": grid.cell(RANDOM, schedule, size)["iters"], "gap": diff,
+                     "within_margin": within_status(diff, margin)})
+    gap = gaps[-1]["gap"]
+    status = gaps[-1]["within_margin"]
     first = next((g["schedule"] for g in gaps if g["within_margin"] == HOLDS), None)
-    g_short, g_long = short["gap"]["mean"], long["gap"]["mean"]
-    closed = (g_short - g_long) / g_short if g_short is not None and g_long is not None and g_short > 0 else None
-    closes_most = status != HOLDS and closed is not None and closed >= 0.5
-
-    where = _where(grid, long["schedule"], size)
-    numbers = (f"{fmt_ap(long['gap']['b_mean'])} vs {fmt_ap(long['gap']['a_mean'])} AP for {src} "
-               f"(gap {fmt_signed(g_long)} AP, {fmt_ci(long['gap'])})")
-    if status == HOLDS:
-        text = (f"Random init catches up: at the longest schedule ({where}) it reaches {numbers}, "
-                f"within the {margin:.1f} AP margin")
-        if first == short["schedule"]:
-            text += f"; it is already within the margin at the shortest schedule ({first}, gap {fmt_signed(g_short)} AP)."
-        else:
-            text += (f", first within the margin at {first}" if first else "")
-            text += f"; the gap was {fmt_signed(g_short)} AP at {short['schedule']}."
-    elif status == DOES_NOT_HOLD and closes_most:
-        text = (f"Random init closes most of the gap but does not catch up within the margin: at the longest "
-                f"schedule ({where}) it reaches {numbers}, more than the {margin:.1f} AP margin behind; it closed "
-                f"{closed:.0%} of the {fmt_signed(g_short)} AP gap seen at {short['schedule']}.")
-    elif status == DOES_NOT_HOLD:
-        text = (f"Random init does not catch up: at the longest schedule ({where}) it reaches {numbers}, "
-                f"more than the {margin:.1f} AP margin behind")
-        if closed is not None and closed > 0:
-            text += f"; it closed {closed:.0%} of the {fmt_signed(g_short)} AP gap seen at {short['schedule']}."
-        else:
-            text += f"; the gap at {short['schedule']} was {fmt_signed(g_short)} AP."
-    else:
-        text = (f"Not enough evidence that random init catches up: at the longest schedule ({where}) it reaches "
-                f"{numbers}; the interval straddles the {margin:.1f} AP margin")
-        text += f"; the gap was {fmt_signed(g_short)} AP at {short['schedule']}."
+    if status != HOLDS and first is not None:
+        first = None  # within the margin earlier but not at the longest schedule: not caught up
+    g_short, g_long = gaps[0]["gap"]["mean"], gap["mean"]
+    closed = None
+    if len(schedules) > 1 and g_short is not None and g_long is not None and g_short > 0:
+        closed = (g_short - g_long) / g_short
+    pre = _by_seed(grid.by_cell[(src, best, size)].values())
+    pre_long = _by_seed(grid.by_cell[(src, long, size)].values())
+    seeds = sorted(set(pre) & set(pre_long))
+    degrade = _paired([_final_ap(pre[s]) for s in seeds], [_final_ap(pre_long[s]) for s in seeds])
     return {
-        "status": status, "text": _with_note(text, long["gap"]), "n": long["gap"]["n"],
-        "train_size": size, "train_images": grid.train_images(size),
-        "schedule_shortest": short["schedule"], "schedule_longest": long["schedule"],
-        "ap_pretrained": long["gap"]["a_mean"], "ap_random": long["gap"]["b_mean"],
-        "gap_shortest": g_short, "gap_longest": g_long, "gap_longest_diff": long["gap"],
-        "gap_closed_fraction": closed, "closes_most_of_gap": closes_most, "first_schedule_within_margin": first,
-        "gaps_by_schedule": gaps, "margin_ap": margin,
+        "status": status, "n": gap["n"], "train_size": size, "train_images": grid.train_images(size),
+        "schedule_shortest": short, "schedule_longest": long, "schedule_best_pretrained": best,
+        "ap_pretrained_best": gap["a_mean"], "ap_random": gap["b_mean"], "gap": gap,
+        "gaps_by_schedule": gaps, "first_schedule_within_margin": first,
+        "gap_shortest": g_short, "gap_longest": g_long, "gap_closed_fraction": closed,
+        "closes_most_of_gap": status == DOES_NOT_HOLD and closed is not None and closed >= 0.5,
+        "random_ahead": status == HOLDS and ahead_status(_negated(gap), margin) == HOLDS,
+        "pretrained_degrades": ahead_status(degrade, margin) if best != long else DOES_NOT_HOLD,
+        "pretrained_degradation": degrade if best != long else None,
+        "margin_ap": margin,
     }
 
 
-def finding_small_data(grid: _Grid, margin: float) -> dict:
-    """Pretrained ahead (rule "ahead") on best bbox/AP at the smallest size, longest schedule run there.
+def _negated(diff: dict) -> dict:
+    """The same paired difference seen from the other arm."""
+    out = dict(diff)
+    out["mean"] = -diff["mean"] if diff["mean"] is not None else None
+    if diff["ci_low"] is not None:
+        out["ci_low"], out["ci_high"] = -diff["ci_high"], -diff["ci_low"]
+    return out
 
-    Needs at least two sizes. smallest_size_within_margin: the smallest size from which random stays
-    within the margin (rule "within") at every larger size tried: how much data random init needs.
-    largest_size_behind: the largest size below that where random is behind (rule "ahead" holds);
-    the data-size figure marks the breakdown between the two.
+
+def _best_over_schedules(grid: _Grid, init: str, size, seeds) -> list:
+    """Per seed, the arm's best AP along any of its curves at `size` (each run's best evaluation)."""
+    out = []
+    for seed in seeds:
+        values = [_best_ap(grid.by_cell[(init, s, size)][seed]) for s in grid.schedules(size)]
+        values = [v for v in values if _is_number(v)]
+        out.append(max(values) if values else None)
+    return out
+
+
+def _best_schedule(grid: _Grid, init: str, size) -> str:
+    means = {s: mean_std([_best_ap(r) for r in grid.runs(init, s, size)])["mean"] for s in grid.schedules(size)}
+    return max(means, key=lambda s: means[s] if means[s] is not None else -math.inf)
+
+
+def finding_small_data(grid: _Grid, margin: float) -> dict:
+    """Pretrained ahead (rule "ahead") at the smallest training set, each arm at its best: per seed, the
+    best AP along any of the arm's curves over all schedules run at that size.
+
+    Also per size: both arms' best and where they peaked; smallest_size_within_margin, the smallest size
+    from which random stays within the margin (rule "within") at every larger size tried (how much data
+    random init needs); largest_size_behind, the largest size below that where random is behind.
     """
     src = grid.source
     if not grid.common:
         return _not_enough(f"no done runs of both {src} and random with a common seed")
     sizes = grid.sizes()
-    if len(sizes) < 2:
-        return _not_enough(f"only one training-set size ({size_label(sizes[0], grid.train_images(sizes[0]))}) "
-                           "has both arms done", train_size=sizes[0])
     per_size = []
     for size in sizes:
-        schedule = grid.schedules(size)[-1]
-        diff = grid.pair(schedule, size, _best_ap)
-        per_size.append({"train_size": size, "train_images": grid.train_images(size), "schedule": schedule,
-                         "gap": diff, "within_margin": within_status(diff, margin),
-                         "random_behind": ahead_status(diff, margin)})
-    smallest = per_size[0]
-    status = ahead_status(smallest["gap"], margin)
-
-    within_from = None
-    for i in range(len(per_size)):
-        if all(p["within_margin"] == HOLDS for p in per_size[i:]):
-            within_from = per_size[i]
-            break
+        seeds = sorted(set.intersection(*(set(grid.common[(s, size)]) for s in grid.schedules(size))))
+        diff = _paired(_best_over_schedules(grid, src, size, seeds), _best_over_schedules(grid, RANDOM, size, seeds))
+        diff["seeds"] = seeds
+        best_pre, best_rand = _best_schedule(grid, src, size), _best_schedule(grid, RANDOM, size)
+        per_size.append({
+            "train_size": size, "train_images": grid.train_images(size), "schedules": grid.schedules(size),
+            "gap": diff, "within_margin": within_status(diff, margin), "random_behind": ahead_status(diff, margin),
+            "best_schedule_pretrained": best_pre, "best_schedule_random": best_rand,
+            "best_iter_pretrained": grid.cell(src, best_pre, size)["best_iter"]["mean"],
+            "best_iter_random": grid.cell(RANDOM, best_rand, size)["best_iter"]["mean"],
+        })
+    if len(sizes) < 2:
+        return _not_enough(f"only one training-set size has both arms done", train_size=sizes[0], by_size=per_size)
+    smallest, largest = per_size[0], per_size[-1]
+    within_from = next((p for i, p in enumerate(per_size)
+                        if all(q["within_margin"] == HOLDS for q in per_size[i:])), None)
     upper = per_size.index(within_from) if within_from else len(per_size)
     behind = [p for p in per_size[:upper] if p["random_behind"] == HOLDS]
     largest_behind = behind[-1] if behind else None
-
-    where = f"{size_label(smallest['train_size'], smallest['train_images'])}, {smallest['schedule']}"
-    gap = smallest["gap"]
-    numbers = (f"{fmt_ap(gap['a_mean'])} best AP vs {fmt_ap(gap['b_mean'])} for random init "
-               f"({fmt_signed(gap['mean'])} AP, {fmt_ci(gap)})")
-    if status == HOLDS:
-        text = (f"Little data hurts random init: with the smallest training set ({where}) {src} reaches "
-                f"{numbers}, more than the {margin:.1f} AP margin.")
-    elif status == DOES_NOT_HOLD:
-        text = (f"Little data does not hurt random init here: with the smallest training set ({where}) {src} "
-                f"reaches {numbers}, within the {margin:.1f} AP margin.")
-    else:
-        text = (f"With the smallest training set ({where}) {src} reaches {numbers}: ahead on average, "
-                "but the interval reaches 0.")
-    largest = per_size[-1]
-    largest_label = size_label(largest["train_size"], largest["train_images"])
-    if within_from is None and largest["within_margin"] == DOES_NOT_HOLD:
-        text += f" Random init is still more than the margin behind at the largest size tried ({largest_label})."
-    elif within_from is None:
-        text += (f" No size tried shows random init within the margin: at the largest ({largest_label}) the "
-                 f"gap is {fmt_signed(largest['gap']['mean'])} AP ({fmt_ci(largest['gap'])}), an interval "
-                 "that reaches beyond the margin.")
-    elif within_from is smallest:
-        text += " Random init is within the margin at every size tried."
-    else:
-        text += (f" Random init needs about {fmt_int(within_from['train_images'])} training images to come within "
-                 f"the margin (it stays within it at every larger size tried).")
     return {
-        "status": status, "text": _with_note(text, gap), "n": gap["n"],
+        "status": smallest["random_behind"], "n": smallest["gap"]["n"],
         "train_size": smallest["train_size"], "train_images": smallest["train_images"],
-        "schedule": smallest["schedule"], "best_ap_pretrained": gap["a_mean"], "best_ap_random": gap["b_mean"],
-        "difference": gap, "by_size": per_size, "margin_ap": margin,
+        "gap": smallest["gap"], "by_size": per_size, "margin_ap": margin,
+        "largest_within_margin": largest["within_margin"],
         "smallest_size_within_margin": within_from["train_size"] if within_from else None,
         "smallest_images_within_margin": within_from["train_images"] if within_from else None,
         "largest_size_behind": largest_behind["train_size"] if largest_behind else None,
@@ -789,52 +698,38 @@ def finding_small_data(grid: _Grid, margin: float) -> dict:
 
 
 def finding_localization(grid: _Grid, margin: float) -> dict:
-    """Pre-training does not help localization: at the longest schedule of the largest size, the
-    per-seed AP75 gap minus AP50 gap (each pretrained - random) satisfies the "within" rule with the
-    study's margin as tolerance, i.e. the AP75 gap is not larger than the AP50 gap by more than margin_ap.
+    """Pre-training does not give better localization: at the largest training set and the schedule where
+    random init is closest on box AP (normally the longest), random's AP75 is at least pretrained's AP75
+    minus the margin (rule "within" on the paired AP75 gap); pretrained ahead on AP75 by more than the
+    margin does not hold. The AP50 gap is given alongside, to say whether the AP75 gap is smaller or larger.
     """
     src = grid.source
     if not grid.common:
         return _not_enough(f"no done runs of both {src} and random with a common seed")
     size = grid.sizes()[-1]
-    schedule = grid.schedules(size)[-1]
-    g50, g75 = [], []
-    for a, b in zip(grid.runs(src, schedule, size), grid.runs(RANDOM, schedule, size)):
-        fa, fb = a.final.get("final") or {}, b.final.get("final") or {}
-        values = [fa.get("bbox/AP50"), fb.get("bbox/AP50"), fa.get("bbox/AP75"), fb.get("bbox/AP75")]
-        if all(_is_number(v) for v in values):
-            g50.append(values[0] - values[1])
-            g75.append(values[2] - values[3])
-    if not g50:
-        return _not_enough(f"no bbox/AP50 and bbox/AP75 at {_where(grid, schedule, size)}")
-    excess = paired_difference(g75, g50)
-    gap50 = mean_std(g50)["mean"]
-    gap75 = mean_std(g75)["mean"]
-    status = within_status(excess, margin)
-    where = f"{schedule} on {size_label(size, grid.train_images(size))}"
-    numbers = (f"the AP75 gap ({src} - random) is {fmt_signed(gap75)} AP against {fmt_signed(gap50)} AP at AP50 "
-               f"(difference {fmt_signed(excess['mean'])}, {fmt_ci(excess)}, tolerance {margin:.1f} AP)")
-    if status == HOLDS:
-        text = f"Pre-training does not improve localization here: at {where} {numbers}."
-    elif status == DOES_NOT_HOLD:
-        text = f"Pre-training improves localization here: at {where} {numbers}."
-    else:
-        text = f"Not enough evidence on localization: at {where} {numbers}; the interval straddles the tolerance."
+    gaps = {s: grid.pair(s, size, _final_ap)["mean"] for s in grid.schedules(size)}
+    schedule = min(gaps, key=lambda s: (gaps[s] if gaps[s] is not None else math.inf))
+    pre, rand = grid.runs(src, schedule, size), grid.runs(RANDOM, schedule, size)
+    pairs = [((a.final.get("final") or {}), (b.final.get("final") or {})) for a, b in zip(pre, rand)]
+    pairs = [(fa, fb) for fa, fb in pairs
+             if all(_is_number(f.get(k)) for f in (fa, fb) for k in ("bbox/AP50", "bbox/AP75"))]
+    if not pairs:
+        return _not_enough(f"no bbox/AP50 and bbox/AP75 at {schedule}", schedule=schedule, train_size=size)
+    gap75 = _paired([fa["bbox/AP75"] for fa, _ in pairs], [fb["bbox/AP75"] for _, fb in pairs])
+    gap50 = _paired([fa["bbox/AP50"] for fa, _ in pairs], [fb["bbox/AP50"] for _, fb in pairs])
     return {
-        "status": status, "text": _with_note(text, excess), "n": excess["n"],
-        "schedule": schedule, "train_size": size, "train_images": grid.train_images(size),
-        "gap_ap50": gap50, "gap_ap75": gap75, "gap_ap75_minus_ap50": excess, "tolerance_ap": margin,
+        "status": within_status(gap75, margin), "n": gap75["n"], "schedule": schedule, "train_size": size,
+        "train_images": grid.train_images(size), "gap_ap75": gap75, "gap_ap50": gap50,
+        "ap75_gap_minus_ap50_gap": gap75["mean"] - gap50["mean"], "margin_ap": margin,
     }
 
 
 FINDING_KEYS = ("converges_faster", "catches_up", "small_data_hurts_random", "localization")
 
 
-def findings_for(study: Study, cells: list, source: str, other_key: str) -> dict:
-    grid = _Grid(study.runs, source, other_key, cells)
-    margin = study.margin_ap
+def findings_for(grid: _Grid, margin: float) -> dict:
     return {
-        "converges_faster": finding_converges_faster(grid, margin, study.pretrain.get(source)),
+        "converges_faster": finding_converges_faster(grid, margin),
         "catches_up": finding_catches_up(grid, margin),
         "small_data_hurts_random": finding_small_data(grid, margin),
         "localization": finding_localization(grid, margin),
@@ -843,6 +738,91 @@ def findings_for(study: Study, cells: list, source: str, other_key: str) -> dict
 
 def _no_source_findings(reason: str) -> dict:
     return {key: _not_enough(reason) for key in FINDING_KEYS}
+
+
+# ---------------------------------------------------------------------------------------------
+# Compute (the paper's finding 5) and the four questions of the report's first section
+# ---------------------------------------------------------------------------------------------
+
+IMAGENET_1K_TRAIN_IMAGES = 1_281_167  # ILSVRC-2012 train split: what "ImageNet-1k" weights were trained on
+
+
+def pretraining_cost(source: str, record: dict | None, stated: dict | None) -> dict:
+    """Images, instances and pixels that went into a pretrained init, and where each number comes from.
+
+    `record` is rethink's own pretrain.json (measured while pre-training: one labelled instance per image);
+    `stated` is the study's report.init_cost.<source>: either totals (images, instances, pixels) or
+    images_per_epoch, epochs and resolution. A measured record wins over a statement.
+    """
+    if record is not None and record.get("images_seen") is not None:
+        images = record["images_seen"]
+        return {"images": images, "instances": record.get("instances_seen", images),
+                "pixels": record.get("pixels_seen"), "from": "measured by rethink pretrain (pretrain.json)"}
+    if stated:
+        per_epoch, epochs, res = stated.get("images_per_epoch"), stated.get("epochs"), stated.get("resolution")
+        images = stated.get("images", per_epoch * epochs if per_epoch and epochs else None)
+        pixels = stated.get("pixels", images * res * res if images and res else None)
+        return {"images": images, "instances": stated.get("instances", images), "pixels": pixels,
+                "from": "stated in the study (report.init_cost)" + (f": {stated['note']}" if stated.get("note") else "")}
+    if source == "imagenet":
+        return {"images": None, "instances": None, "pixels": None, "images_per_epoch": IMAGENET_1K_TRAIN_IMAGES,
+                "from": "ImageNet-1k weights (1.28M training images per epoch); the number of epochs is not "
+                        "recorded: state it as report.init_cost.imagenet.epochs in the study"}
+    return {"images": None, "instances": None, "pixels": None, "from": "not recorded"}
+
+
+def _seen(cell: dict | None) -> dict:
+    return {k: (cell or {}).get(f"{k}_seen", {}).get("mean") for k in ("images", "instances", "pixels")}
+
+
+def compute_comparison(grid: _Grid, catches_up: dict, cost: dict) -> dict | None:
+    """What each arm has seen, pre-training included, for the two models catches_up compares: pretrained at
+    its best schedule and random init at the longest, on the largest training set."""
+    if catches_up["status"] == NOT_ENOUGH and "schedule_longest" not in catches_up:
+        return None
+    size = catches_up["train_size"]
+    fine_tuning = _seen(grid.cell(grid.source, catches_up["schedule_best_pretrained"], size))
+    random = _seen(grid.cell(RANDOM, catches_up["schedule_longest"], size))
+    total = {k: (fine_tuning[k] + cost[k] if fine_tuning[k] is not None and cost.get(k) is not None else None)
+             for k in fine_tuning}
+    ratio = {k: (total[k] / random[k] if total[k] is not None and random[k] else None) for k in total}
+    return {"train_size": size, "schedule_pretrained": catches_up["schedule_best_pretrained"],
+            "schedule_random": catches_up["schedule_longest"], "pretraining": cost, "fine_tuning": fine_tuning,
+            "pretrained_total": total, "random": random, "pretrained_over_random": ratio}
+
+
+def questions(source: str | None, findings: dict, compute: dict | None, by_source: dict, margin: float) -> dict:
+    """The seed's four questions (and which source is best), answered as data from the findings."""
+    catch, fast, small = findings["catches_up"], findings["converges_faster"], findings["small_data_hurts_random"]
+    answer = {HOLDS: "no", DOES_NOT_HOLD: "yes", NOT_ENOUGH: "unclear"}
+    first = catch.get("first_schedule_within_margin")
+    out = {
+        "source": source,
+        "necessary": {"answer": answer[catch["status"]], "finding": "catches_up"},
+        "helpful": {"answer": {HOLDS: "yes", DOES_NOT_HOLD: "no", NOT_ENOUGH: "unclear"}[fast["status"]],
+                    "finding": "converges_faster", "compute": compute},
+        "more_data": {"answer": {HOLDS: "yes", DOES_NOT_HOLD: "no", NOT_ENOUGH: "unclear"}[small["status"]],
+                      "finding": "small_data_hurts_random",
+                      "images_random_needs": small.get("smallest_images_within_margin"),
+                      "largest_images_behind": small.get("largest_images_behind")},
+        "how_long": {"finding": "catches_up", "schedule": first,
+                     "iters": next((g["iters"] for g in catch.get("gaps_by_schedule", []) if g["schedule"] == first), None),
+                     "longest_tried": catch.get("schedule_longest"),
+                     "answer": ("unclear" if catch["status"] == NOT_ENOUGH else
+                                "within_tried" if first else "longer_than_tried")},
+    }
+    if len(by_source) > 1:
+        ranked = []
+        for source, f in by_source.items():
+            c = f["catches_up"]
+            if "gap" in c:
+                ranked.append({"source": source, "ap_best": c["ap_pretrained_best"],
+                               "schedule": c["schedule_best_pretrained"],
+                               "ahead_of_random_at_longest": ahead_status(c["gaps_by_schedule"][-1]["gap"], margin)})
+        ranked.sort(key=lambda r: -(r["ap_best"] if r["ap_best"] is not None else -math.inf))
+        out["best_source"] = {"ranking": ranked, "best": ranked[0]["source"] if ranked else None,
+                              "any_ahead_at_longest": any(r["ahead_of_random_at_longest"] == HOLDS for r in ranked)}
+    return out
 
 
 def _clean(obj):
@@ -862,15 +842,18 @@ def summarize(study: Study) -> dict:
     other_keys = sorted({c["other_key"] for c in cells}) or [json.dumps({})]
     sources = study.sources
 
+    costs = {s: pretraining_cost(s, study.pretrain.get(s), study.init_cost.get(s)) for s in sources}
     verdicts = []
     for other_key in other_keys:
         for source in sources:
-            verdicts.append({"source": source, "other": json.loads(other_key),
-                             "findings": findings_for(study, cells, source, other_key)})
+            grid = _Grid(study.runs, source, other_key, cells)
+            findings = findings_for(grid, study.margin_ap)
+            verdicts.append({"source": source, "other": json.loads(other_key), "findings": findings,
+                             "compute": compute_comparison(grid, findings["catches_up"], costs[source])})
     if sources:
-        top = verdicts[0]["findings"]
+        top, compute = verdicts[0]["findings"], verdicts[0]["compute"]
     else:
-        top = _no_source_findings("the study has no pretrained init to compare with random")
+        top, compute = _no_source_findings("the study has no pretrained init to compare with random"), None
     by_source = {v["source"]: v["findings"] for v in reversed(verdicts)}  # first other group wins
     by_source = {s: by_source[s] for s in sources}
 
@@ -897,7 +880,10 @@ def summarize(study: Study) -> dict:
         "n_runs": len(study.runs),
         "cells": [{k: v for k, v in c.items() if k != "other_key"} for c in cells],
         "comparisons": comparisons(study, cells),
+        "questions": questions(sources[0] if sources else None, top, compute, by_source, study.margin_ap),
         "findings": top,
+        "compute": compute,
+        "pretraining_cost": costs,
         "findings_by_source": by_source,
         "verdicts": verdicts,
         "pretrain": {s: study.pretrain.get(s) for s in sources},

@@ -1,0 +1,314 @@
+"""Words for the report: number formats, the sentence of each finding and the answers to the four questions.
+
+Everything here reads the plain data that `report.stats` computes (summary.json) and returns strings; no
+number is computed here that the summary does not hold, so the sentences say what the numbers say.
+"""
+
+import json
+
+from rethink.report.stats import DOES_NOT_HOLD, HOLDS, NOT_ENOUGH
+
+NO_SIGNIFICANCE = "One seed per cell: no claim of significance can be made."
+STATUS_WORDS = {HOLDS: "holds", DOES_NOT_HOLD: "does not hold", NOT_ENOUGH: "not enough evidence"}
+
+
+
+
+def fmt_ap(x) -> str:
+    return "n/a" if x is None else f"{x:.1f}"
+
+
+def fmt_signed(x) -> str:
+    return "n/a" if x is None else f"{x:+.1f}"
+
+
+def fmt_count(x) -> str:
+    """1234 -> '1.2k', 128_000_000 -> '128M': the magnitudes of the compute comparison."""
+    if x is None:
+        return "n/a"
+    x = float(x)
+    for scale, suffix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(x) >= scale:
+            value = x / scale
+            return f"{value:.3g}{suffix}"
+    return f"{x:.0f}"
+
+
+def fmt_int(x) -> str:
+    return "n/a" if x is None else f"{int(round(x)):,}"
+
+
+def fmt_ci(diff: dict) -> str:
+    """'95% CI [+2.9, +4.1], n=3', or 'n=1' where no interval exists."""
+    if diff is None or diff["n"] == 0:
+        return "no paired seeds"
+    if diff["ci_low"] is None:
+        return f"n={diff['n']}"
+    pct = int(round(diff["confidence"] * 100))
+    return f"{pct}% CI [{diff['ci_low']:+.1f}, {diff['ci_high']:+.1f}], n={diff['n']}"
+
+
+def other_label(other: dict) -> str:
+    return ", ".join(f"{k}={json.dumps(v) if not isinstance(v, str) else v}" for k, v in sorted(other.items()))
+
+
+def fmt_ratio(x) -> str:
+    if x is None:
+        return "n/a"
+    return f"{x:.0f}x" if x >= 10 else f"{x:.1f}x" if x >= 0.1 else f"{x:.2g}x"
+
+
+def size_label(train_size, train_images) -> str:
+    """'2,000 images', or 'all 8,000 images' for the full training set."""
+    if train_size == "full" or not isinstance(train_size, int):
+        return f"all {fmt_int(train_images)} images" if train_images is not None else "the full training set"
+    return f"{fmt_int(train_images if train_images is not None else train_size)} images"
+
+
+
+
+# ---------------------------------------------------------------------------------------------
+# The findings
+# ---------------------------------------------------------------------------------------------
+
+
+def _note(finding: dict) -> str:
+    return f" {NO_SIGNIFICANCE}" if finding.get("n") == 1 else ""
+
+
+def _vs(diff: dict) -> str:
+    return f"{fmt_signed(diff['mean'])} AP, {fmt_ci(diff)}"
+
+
+def _against_margin(status: str, margin: float) -> str:
+    return {HOLDS: f"more than the {margin:.1f} AP margin", DOES_NOT_HOLD: f"within the {margin:.1f} AP margin",
+            NOT_ENOUGH: f"an interval that straddles the {margin:.1f} AP margin"}[status]
+
+
+def converges_faster_text(f: dict, source: str) -> str:
+    m, lead = f["margin_ap"], f["lead"]
+    what = (f"over the early part of training ({f['early_points']} matched points up to iteration "
+            f"{fmt_int(f['early_until_iter'])}, the longest schedule's first LR drop"
+            + (f", with the {f['schedule_shortest']} schedule's final AP" if f["shortest_final"] else "") + ")")
+    text = {HOLDS: f"Pre-training ({source}) speeds up convergence: {what} it leads random init by {_vs(lead)}, ",
+            DOES_NOT_HOLD: f"Pre-training ({source}) is not ahead early in training: {what} its lead is {_vs(lead)}, ",
+            NOT_ENOUGH: f"Pre-training ({source}) leads {what} by {_vs(lead)}, "}[f["status"]]
+    text += _against_margin(f["status"], m) + "."
+    if f["early_curve"]:
+        last = f["early_curve"][-1]
+        text += (f" At iteration {fmt_int(last['iter'])}: {fmt_ap(last['ap_pretrained'])} against "
+                 f"{fmt_ap(last['ap_random'])} AP.")
+    short = f["shortest_final"]
+    if short:
+        text += (f" At the end of the shortest schedule ({f['schedule_shortest']}): {fmt_ap(short['a_mean'])} "
+                 f"against {fmt_ap(short['b_mean'])} AP.")
+    if f["first_eval_ap_pretrained"] is not None:
+        what = (f"the {fmt_ap(f['first_eval_ap_pretrained'])} AP that {source} has at iteration "
+                f"{fmt_int(f['first_eval_iter_pretrained'])}")
+        if f["iters_random_to_reach_it"] is not None:
+            ratio = f["iters_random_to_reach_it"] / f["first_eval_iter_pretrained"]
+            text += (f" On the {f['curve_schedule']} curve random init needs {fmt_int(f['iters_random_to_reach_it'])} "
+                     f"iterations to reach {what} ({fmt_ratio(ratio)} as many).")
+        else:
+            text += f" On the {f['curve_schedule']} curve random init never reaches {what}."
+    if f["iters_to_90_ratio"] is not None:
+        text += (f" Each reaches 90% of its own best AP after {fmt_int(f['iters_to_90_pretrained'])} ({source}) and "
+                 f"{fmt_int(f['iters_to_90_random'])} (random) iterations.")
+    return text + _note(f)
+
+
+def catches_up_text(f: dict, source: str) -> str:
+    m, gap = f["margin_ap"], f["gap"]
+    where = f"{f['schedule_longest']} on {size_label(f['train_size'], f['train_images'])}"
+    numbers = (f"{fmt_ap(f['ap_random'])} AP against the best of {source}, {fmt_ap(f['ap_pretrained_best'])} AP at "
+               f"{f['schedule_best_pretrained']} (gap {_vs(gap)})")
+    if f["status"] == HOLDS:
+        text = f"Random init catches up: at the longest schedule ({where}) it reaches {numbers}, within the {m:.1f} AP margin"
+        text += (f"; it is first within the margin at {f['first_schedule_within_margin']}."
+                 if f["first_schedule_within_margin"] != f["schedule_shortest"] or len(f["gaps_by_schedule"]) == 1
+                 else f"; it is within the margin already at the shortest schedule ({f['schedule_shortest']}).")
+        if f["random_ahead"]:
+            text += " Random init is ahead by more than the margin."
+    elif f["status"] == DOES_NOT_HOLD:
+        lead = "Random init closes most of the gap but does not catch up" if f["closes_most_of_gap"] else \
+            "Random init does not catch up within the schedules tried"
+        text = f"{lead}: at the longest schedule ({where}) it reaches {numbers}, more than the {m:.1f} AP margin behind"
+        if f["gap_closed_fraction"] is not None and f["gap_closed_fraction"] > 0:
+            text += (f"; it closed {f['gap_closed_fraction']:.0%} of the {fmt_signed(f['gap_shortest'])} AP gap "
+                     f"seen at {f['schedule_shortest']}.")
+        else:
+            text += "."
+    else:
+        text = (f"Not enough evidence that random init catches up: at the longest schedule ({where}) it reaches "
+                f"{numbers}, an interval that straddles the {m:.1f} AP margin.")
+    degrade = f["pretrained_degradation"]
+    if degrade is not None and f["pretrained_degrades"] == HOLDS:
+        text += (f" {source} degrades with longer training: its final AP at {f['schedule_best_pretrained']} is "
+                 f"{_vs(degrade)} above its final AP at {f['schedule_longest']}.")
+    elif degrade is not None and degrade["mean"] is not None and degrade["mean"] > 0:
+        text += (f" {source} peaks before the longest schedule ({f['schedule_best_pretrained']}, {_vs(degrade)} "
+                 f"above {f['schedule_longest']}), not by more than the margin.")
+    return text + _note(f)
+
+
+def _breakdown_text(f: dict) -> str:
+    by_size, within = f["by_size"], f["smallest_images_within_margin"]
+    largest = by_size[-1]
+    label = size_label(largest["train_size"], largest["train_images"])
+    if within is None and f["largest_within_margin"] == DOES_NOT_HOLD:
+        return f" Random init is still more than the margin behind at the largest size tried ({label})."
+    if within is None:
+        return (f" No size tried shows random init within the margin: at the largest ({label}) the gap is "
+                f"{_vs(largest['gap'])}, an interval that reaches beyond the margin.")
+    if f["smallest_size_within_margin"] == by_size[0]["train_size"]:
+        return " Random init is within the margin at every size tried."
+    text = (f" Random init needs about {fmt_int(within)} training images to come within the margin (it stays "
+            "within it at every larger size tried)")
+    if f["largest_images_behind"] is not None:
+        text += f"; the breakdown lies between {fmt_int(f['largest_images_behind'])} and {fmt_int(within)} images"
+    return text + "."
+
+
+def small_data_text(f: dict, source: str) -> str:
+    m, gap, small = f["margin_ap"], f["gap"], f["by_size"][0]
+    where = size_label(f["train_size"], f["train_images"])
+    numbers = (f"{source} reaches {fmt_ap(gap['a_mean'])} best AP ({small['best_schedule_pretrained']}, around "
+               f"iteration {fmt_int(small['best_iter_pretrained'])}) against {fmt_ap(gap['b_mean'])} for random init "
+               f"({small['best_schedule_random']}, around iteration {fmt_int(small['best_iter_random'])}), "
+               f"{_vs(gap)}")
+    lead = {HOLDS: "Little data hurts random init", DOES_NOT_HOLD: "Little data does not hurt random init here",
+            NOT_ENOUGH: "Not enough evidence that little data hurts random init"}[f["status"]]
+    text = (f"{lead}: with the smallest training set ({where}), each arm at its best over all its schedules, "
+            f"{numbers}, {_against_margin(f['status'], m)}.")
+    return text + _breakdown_text(f) + _note(f)
+
+
+def localization_text(f: dict, source: str) -> str:
+    m, g75, g50 = f["margin_ap"], f["gap_ap75"], f["gap_ap50"]
+    where = f"at {f['schedule']} on {size_label(f['train_size'], f['train_images'])} (where random init is closest on AP)"
+    numbers = f"random init's AP75 is {fmt_ap(g75['b_mean'])} against {fmt_ap(g75['a_mean'])} for {source} ({_vs(g75)})"
+    text = {HOLDS: f"Pre-training does not give better localization: {where} {numbers}, within the {m:.1f} AP margin.",
+            DOES_NOT_HOLD: f"Pre-training gives better localization here: {where} {numbers}: {source} leads AP75 "
+                           f"by more than the {m:.1f} AP margin.",
+            NOT_ENOUGH: f"Not enough evidence on localization: {where} {numbers}, an interval that straddles the "
+                        f"{m:.1f} AP margin."}[f["status"]]
+    diff = f["ap75_gap_minus_ap50_gap"]
+    compare = "smaller than" if diff < 0 else "larger than" if diff > 0 else "equal to"
+    text += (f" The AP75 gap is {compare} the AP50 gap ({fmt_signed(g50['mean'])} AP) by {abs(diff):.1f} AP: "
+             + ("pre-training helps less at the strict threshold." if diff < 0 else
+                "pre-training helps more at the strict threshold." if diff > 0 else "no difference."))
+    return text + _note(f)
+
+
+FINDING_TEXT = {"converges_faster": converges_faster_text, "catches_up": catches_up_text,
+                "small_data_hurts_random": small_data_text, "localization": localization_text}
+
+
+def finding_text(key: str, finding: dict, source: str) -> str:
+    if "reason" in finding:
+        return f"Not enough evidence: {finding['reason']}."
+    return FINDING_TEXT[key](finding, source)
+
+
+# ---------------------------------------------------------------------------------------------
+# The four questions
+# ---------------------------------------------------------------------------------------------
+
+QUESTION_TITLES = {
+    "necessary": "Is pre-training necessary for this data?",
+    "helpful": "Is it helpful, counting what the pre-training cost?",
+    "more_data": "Do you need more data?",
+    "how_long": "How long must you train from scratch?",
+    "best_source": "Which pretrained source is best, and does any beat random init at the longest schedule?",
+}
+
+
+def _compute_text(c: dict | None, source: str) -> str:
+    if c is None:
+        return ""
+    pre, total, rand, ratio = c["pretraining"], c["pretrained_total"], c["random"], c["pretrained_over_random"]
+    if pre.get("images") is None:
+        return f" What the {source} pre-training cost is not known ({pre['from']}), so total compute is not compared."
+    parts = [f"{fmt_count(total[k])} {k} ({fmt_ratio(ratio[k])} random init's {fmt_count(rand[k])})"
+             for k in ("images", "instances", "pixels") if total[k] is not None]
+    return (f" Counting its pre-training ({fmt_count(pre['images'])} images, {pre['from']}), {source} at "
+            f"{c['schedule_pretrained']} has seen " + ", ".join(parts) + f"; random init at {c['schedule_random']}.")
+
+
+def question_answers(summary: dict) -> list:
+    """[(key, title, answer sentence)] for the report's first section."""
+    q, findings = summary["questions"], summary["findings"]
+    source = q.get("source") or "pre-training"
+    catch, fast, small = findings["catches_up"], findings["converges_faster"], findings["small_data_hurts_random"]
+    out = []
+    if q["necessary"]["answer"] == "no":
+        text = (f"No. Random init reaches {source}'s best box AP within the {catch['margin_ap']:.1f} AP margin at "
+                f"{catch['schedule_longest']} ({fmt_ap(catch['ap_random'])} against {fmt_ap(catch['ap_pretrained_best'])}).")
+    elif q["necessary"]["answer"] == "yes":
+        text = (f"Yes, for the schedules tried: at the longest ({catch['schedule_longest']}) random init is still "
+                f"{fmt_signed(catch['gap_longest'])} AP behind {source}'s best ({fmt_ap(catch['ap_random'])} against "
+                f"{fmt_ap(catch['ap_pretrained_best'])}).")
+    else:
+        text = "Cannot say yet: " + (catch.get("reason") or "the catch-up interval straddles the margin") + "."
+    out.append(("necessary", text))
+
+    if q["helpful"]["answer"] == "yes":
+        text = f"Yes, for speed: early in training {source} leads by {fmt_signed(fast['lead']['mean'])} AP."
+        if fast.get("iters_random_to_reach_it") is not None:
+            text += (f" Random init needs {fmt_int(fast['iters_random_to_reach_it'])} iterations to reach the AP "
+                     f"{source} has after {fmt_int(fast['first_eval_iter_pretrained'])}.")
+    elif q["helpful"]["answer"] == "no":
+        text = f"Not for speed: early in training {source} leads by only {fmt_signed(fast['lead']['mean'])} AP."
+    else:
+        text = "Cannot say yet: " + (fast.get("reason") or "the early lead's interval straddles the margin") + "."
+    out.append(("helpful", text + _compute_text(q["helpful"]["compute"], source)))
+
+    if q["more_data"]["answer"] == "yes":
+        text = (f"Yes, without pre-training: with {size_label(small['train_size'], small['train_images'])} random "
+                f"init is {fmt_signed(small['gap']['mean'])} AP behind at its best.")
+        if q["more_data"]["images_random_needs"] is not None:
+            text += f" It needs about {fmt_int(q['more_data']['images_random_needs'])} images to come within the margin."
+        else:
+            text += " No size tried brings it within the margin."
+    elif q["more_data"]["answer"] == "no":
+        text = "No: random init is within the margin even with the smallest training set tried."
+    else:
+        text = "Cannot say yet: " + (small.get("reason") or "the smallest size's interval straddles the margin") + "."
+    out.append(("more_data", text))
+
+    h = q["how_long"]
+    if h["answer"] == "within_tried":
+        text = (f"{h['schedule']} ({fmt_int(h['iters'])} iterations): the shortest schedule at which random init is "
+                f"within the margin of {source}'s best.")
+    elif h["answer"] == "longer_than_tried":
+        text = (f"Longer than any schedule tried (the longest was {h['longest_tried']}); `rethink forecast` "
+                "estimates how much longer from the curves so far.")
+    else:
+        text = "Cannot say yet: " + (catch.get("reason") or "the catch-up interval straddles the margin") + "."
+    out.append(("how_long", text))
+
+    if "best_source" in q:
+        b = q["best_source"]
+        ranking = ", ".join(f"{r['source']} {fmt_ap(r['ap_best'])} AP ({r['schedule']})" for r in b["ranking"])
+        ahead = [r["source"] for r in b["ranking"] if r["ahead_of_random_at_longest"] == HOLDS]
+        text = (f"{b['best']} is best ({ranking}). "
+                + (f"Ahead of random init by more than the margin at the longest schedule: {', '.join(ahead)}."
+                   if ahead else "None is ahead of random init by more than the margin at the longest schedule."))
+        out.append(("best_source", text))
+    return [(key, QUESTION_TITLES[key], text) for key, text in out]
+
+
+def add_text(summary: dict) -> dict:
+    """Put each finding's sentence under its "text" key and the answers under questions.<key>.text."""
+    for verdict in summary["verdicts"]:
+        for key, finding in verdict["findings"].items():
+            finding["text"] = finding_text(key, finding, verdict["source"])
+    top_source = summary["sources"][0] if summary["sources"] else "pre-training"
+    for key, finding in summary["findings"].items():
+        finding["text"] = finding_text(key, finding, top_source)
+    for source, findings in summary["findings_by_source"].items():
+        for key, finding in findings.items():
+            finding["text"] = finding_text(key, finding, source)
+    for key, title, text in question_answers(summary):
+        summary["questions"][key].update(question=title, text=text)
+    return summary
