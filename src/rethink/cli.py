@@ -227,7 +227,8 @@ def cmd_report(args) -> int:
 
 
 def cmd_forecast(args) -> int:
-    from rethink.report.stats import fmt_ap, load_study
+    from rethink.report.stats import load_study
+    from rethink.report.words import fmt_ap
     from rethink.study.forecast import forecast_study, parse_schedules
 
     factors = parse_schedules(args.schedules) if args.schedules else None
