@@ -222,6 +222,24 @@ def test_stated_init_cost_for_imagenet(tmp_path):
     assert total["images"] == 128_116_700 + 3_600 * 2
 
 
+def test_imagenet_cost_from_the_weights_metadata_and_stated_epochs(tmp_path):
+    """timm's metadata names the data set and resolution; the study states the epochs; the report combines."""
+    cost = {"imagenet": {"epochs": 600, "note": "timm's a1h recipe"}}
+    path = make_study(tmp_path, inits=("random", "imagenet"), sizes=("full",), pretrain_records=(), init_cost=cost)
+    for run_dir in (path / "runs").glob("imagenet_*"):
+        (run_dir / "init.json").write_text(json.dumps({"source": "timm:resnet50_gn.a1h_in1k"}))
+    summary = summary_of(path)
+    c = summary["pretraining_cost"]["imagenet"]
+    assert c["images_per_epoch"] == 1_281_167 and c["resolution"] == 224 and c["epochs"] == 600
+    assert c["images"] == 1_281_167 * 600 and c["pixels"] == 1_281_167 * 600 * 224 * 224
+    assert "ImageNet-1k, 224 px from timm's metadata of resnet50_gn.a1h_in1k" in c["from"]
+    assert "stated in the study (report.init_cost): timm's a1h recipe" in c["from"]
+    # without the stated epochs: the per-epoch size is known, the total is not, and the report says what to state
+    (path / "study.json").write_text(json.dumps({**json.loads((path / "study.json").read_text()), "init_cost": {}}))
+    c = summary_of(path)["pretraining_cost"]["imagenet"]
+    assert c["images"] is None and c["images_per_epoch"] == 1_281_167 and "epochs is not recorded" in c["from"]
+
+
 def test_cells_equal_means_of_final_json(default_study):
     path, summary = default_study
     assert len(summary["cells"]) == 2 * 3 * 3
@@ -293,7 +311,7 @@ def test_several_sources_each_compared_with_random(tmp_path):
     assert summary["findings"] == summary["findings_by_source"]["pretrain"]
     assert summary["pretrain"]["imagenet"] is None
     cost = summary["pretraining_cost"]["imagenet"]
-    assert cost["images"] is None and "epochs is not recorded" in cost["from"]
+    assert cost["images"] is None and cost["from"] == "not recorded"
     best = summary["questions"]["best_source"]
     # the fixture's second source plateaus 1% lower and converges slower
     assert best["best"] == "pretrain" and [r["source"] for r in best["ranking"]] == ["pretrain", "imagenet"]

@@ -175,3 +175,19 @@ def test_study_killed_at_random_moments_completes_without_redoing_work(tiny_stud
         assert all(s["start_iter"] in ckpt_iters for s in segments), r["name"]
         if r["name"] in finished_before:  # finished before a kill: never started again
             assert len(segments) == finished_before[r["name"]], r["name"]
+
+
+def test_init_cost_is_checked_and_reaches_the_index(coco_data, tmp_path):
+    from rethink.study.store import write_index
+
+    cost = {"weights": {"images_per_epoch": 1000, "epochs": 10, "resolution": 32, "note": "measured elsewhere"}}
+    path = write_study(tmp_path, coco_data, report={"margin_ap": 1.0, "init_cost": cost})
+    study = load_study(path)
+    assert study.init_cost == cost
+    assert write_index(tmp_path / "out", study)["init_cost"] == cost
+    for bad, match in (({"imagenet": {"epochs": 90}}, "no pretrained init of the study is called imagenet"),
+                       ({"weights": {"epochs": -1}}, r"init_cost.weights.epochs: expected a positive number"),
+                       ({"weights": {"days": 3}}, "unknown key days")):
+        path = write_study(tmp_path, coco_data, report={"margin_ap": 1.0, "init_cost": bad})
+        with pytest.raises(UserError, match=match):
+            load_study(path)

@@ -203,6 +203,7 @@ class Study:
     pretrain_notes: dict  # source name -> why it is not recorded
     runs: list
     init_cost: dict = field(default_factory=dict)  # source name -> the study's report.init_cost entry
+    weights_meta: dict = field(default_factory=dict)  # source name -> what published weights say of themselves
 
     @property
     def sources(self) -> list:
@@ -317,7 +318,25 @@ def load_study(study_dir) -> Study:
             pretrain[run.init], notes[run.init] = None, "not recorded"
     return Study(path=study_dir, name=index.get("name", study_dir.name),
                  margin_ap=float(index.get("margin_ap", 1.0)), pretrain=pretrain,
-                 pretrain_notes=notes, runs=runs, init_cost=dict(index.get("init_cost") or {}))
+                 pretrain_notes=notes, runs=runs, init_cost=dict(index.get("init_cost") or {}),
+                 weights_meta=_weights_meta(runs, pretrain))
+
+
+def _weights_meta(runs: list, pretrain: dict) -> dict:
+    """Per pretrained source that rethink did not pre-train itself, the metadata of the weights its runs
+    loaded (init.json's "source", e.g. timm:resnet50_gn.a1h_in1k)."""
+    from rethink.models.weights_meta import weights_metadata
+
+    out = {}
+    for run in runs:
+        if run.init == RANDOM or pretrain.get(run.init) is not None or run.init in out:
+            continue
+        path = run.path / "init.json"
+        loaded = _read_json_or_fail(path).get("source") if path.exists() else None
+        meta = weights_metadata(str(loaded)) if loaded else None
+        if meta is not None:
+            out[run.init] = meta
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -744,31 +763,35 @@ def _no_source_findings(reason: str) -> dict:
 # Compute (the paper's finding 5) and the four questions of the report's first section
 # ---------------------------------------------------------------------------------------------
 
-IMAGENET_1K_TRAIN_IMAGES = 1_281_167  # ILSVRC-2012 train split: what "ImageNet-1k" weights were trained on
+def pretraining_cost(record: dict | None, stated: dict | None, meta: dict | None) -> dict:
+    """Images, instances and pixels that went into a pretrained init, and where the numbers come from.
 
-
-def pretraining_cost(source: str, record: dict | None, stated: dict | None) -> dict:
-    """Images, instances and pixels that went into a pretrained init, and where each number comes from.
-
-    `record` is rethink's own pretrain.json (measured while pre-training: one labelled instance per image);
-    `stated` is the study's report.init_cost.<source>: either totals (images, instances, pixels) or
-    images_per_epoch, epochs and resolution. A measured record wins over a statement.
+    `record`: rethink's own pretrain.json (measured while pre-training; one labelled instance per image) wins.
+    Otherwise `meta` (the published weights' metadata: data set, images per epoch, resolution, see
+    models/weights_meta.py) and `stated` (the study's report.init_cost.<source>: images, instances, pixels,
+    or images_per_epoch, epochs, resolution) are combined, a stated value overriding the metadata. Without a
+    number of epochs the totals stay unknown (None) and `from` says what to state.
     """
     if record is not None and record.get("images_seen") is not None:
         images = record["images_seen"]
         return {"images": images, "instances": record.get("instances_seen", images),
                 "pixels": record.get("pixels_seen"), "from": "measured by rethink pretrain (pretrain.json)"}
+    stated, meta = dict(stated or {}), dict(meta or {})
+    per_epoch = stated.get("images_per_epoch", meta.get("images_per_epoch"))
+    resolution = stated.get("resolution", meta.get("resolution"))
+    epochs = stated.get("epochs")
+    images = stated.get("images", per_epoch * epochs if per_epoch and epochs else None)
+    pixels = stated.get("pixels", images * resolution * resolution if images and resolution else None)
+    origin = []
+    if meta:
+        origin.append(f"{meta.get('dataset') or 'data set not named'}, {meta.get('resolution')} px from {meta['from']}")
     if stated:
-        per_epoch, epochs, res = stated.get("images_per_epoch"), stated.get("epochs"), stated.get("resolution")
-        images = stated.get("images", per_epoch * epochs if per_epoch and epochs else None)
-        pixels = stated.get("pixels", images * res * res if images and res else None)
-        return {"images": images, "instances": stated.get("instances", images), "pixels": pixels,
-                "from": "stated in the study (report.init_cost)" + (f": {stated['note']}" if stated.get("note") else "")}
-    if source == "imagenet":
-        return {"images": None, "instances": None, "pixels": None, "images_per_epoch": IMAGENET_1K_TRAIN_IMAGES,
-                "from": "ImageNet-1k weights (1.28M training images per epoch); the number of epochs is not "
-                        "recorded: state it as report.init_cost.imagenet.epochs in the study"}
-    return {"images": None, "instances": None, "pixels": None, "from": "not recorded"}
+        origin.append("stated in the study (report.init_cost)" + (f": {stated['note']}" if stated.get("note") else ""))
+    if images is None and per_epoch:
+        origin.append("the number of epochs is not recorded: state it as report.init_cost.<source>.epochs")
+    return {"images": images, "instances": stated.get("instances", images), "pixels": pixels,
+            "images_per_epoch": per_epoch, "epochs": epochs, "resolution": resolution,
+            "from": "; ".join(origin) or "not recorded"}
 
 
 def _seen(cell: dict | None) -> dict:
@@ -842,7 +865,8 @@ def summarize(study: Study) -> dict:
     other_keys = sorted({c["other_key"] for c in cells}) or [json.dumps({})]
     sources = study.sources
 
-    costs = {s: pretraining_cost(s, study.pretrain.get(s), study.init_cost.get(s)) for s in sources}
+    costs = {s: pretraining_cost(study.pretrain.get(s), study.init_cost.get(s), study.weights_meta.get(s))
+             for s in sources}
     verdicts = []
     for other_key in other_keys:
         for source in sources:

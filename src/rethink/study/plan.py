@@ -25,7 +25,7 @@ each fork point, and each shorter run starts there and trains only its tail.
 import dataclasses
 import itertools
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from rethink import config as cfgmod
@@ -75,6 +75,7 @@ class Study:
     pretrain: dict  # name -> pretrain config path
     margin_ap: float
     gpu_img_per_s: float
+    init_cost: dict = field(default_factory=dict)  # source -> what its pre-training cost (report.init_cost)
 
 
 def _label_for(init: str, pretrain_names) -> str:
@@ -161,12 +162,44 @@ def load_study(path: Path, overrides=(), pretrain_dir: Path | None = None, share
     margin = report.get("margin_ap", 1.0) if isinstance(report, dict) else 1.0
     if not isinstance(margin, (int, float)) or margin < 0:
         raise UserError(f"{path}: report.margin_ap: expected a non-negative number of AP points")
+    init_cost = _init_cost(path, report.get("init_cost") if isinstance(report, dict) else None)
     gpu_ips = float(data.get("gpu_img_per_s", DEFAULT_GPU_IMG_PER_S))
     specs = _share_trunks(list(runs.values())) if share_trunks else sorted(runs.values(), key=lambda r: r.name)
     study = Study(path, str(data.get("name", path.stem)), tuple(specs),
-                  pretrain_paths, float(margin), gpu_ips)
+                  pretrain_paths, float(margin), gpu_ips, init_cost)
     _check_controlled(study)
+    labels = {spec.init_label for spec in study.runs} - {"random"}
+    for source in init_cost:
+        if source not in labels:
+            raise UserError(f"{path}: report.init_cost.{source}: no pretrained init of the study is called {source} "
+                            f"(they are: {', '.join(sorted(labels))})")
     return study
+
+
+INIT_COST_KEYS = ("images", "instances", "pixels", "images_per_epoch", "epochs", "resolution")
+
+
+def _init_cost(path: Path, value) -> dict:
+    """report.init_cost: {source: {images | images_per_epoch + epochs, resolution, ..., note}}, for the
+    pretrained inits that rethink does not pre-train itself (e.g. imagenet); checked key by key."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise UserError(f"{path}: report.init_cost: expected a mapping of init source -> cost")
+    out = {}
+    for source, cost in value.items():
+        where = f"{path}: report.init_cost.{source}"
+        if not isinstance(cost, dict):
+            raise UserError(f"{where}: expected a mapping with keys among {', '.join(INIT_COST_KEYS)}, note")
+        for key, v in cost.items():
+            if key == "note":
+                continue
+            if key not in INIT_COST_KEYS:
+                raise UserError(f"{where}: unknown key {key} (known: {', '.join(INIT_COST_KEYS)}, note)")
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or v <= 0:
+                raise UserError(f"{where}.{key}: expected a positive number, got {v!r}")
+        out[str(source)] = dict(cost)
+    return out
 
 
 def _make_spec(cfg: RunConfig, init: str, pretrain_paths: dict, axis_keys) -> RunSpec:

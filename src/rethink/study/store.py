@@ -39,6 +39,7 @@ def write_index(study_dir: Path, study, running: set = frozenset(), errors: dict
         "name": study.name,
         "study_file": str(study.path),
         "margin_ap": study.margin_ap,
+        "init_cost": study.init_cost,
         "pretrain": {name: f"pretrain/{name}/pretrain.json" for name in study.pretrain},
         "runs": runs,
     }
