@@ -89,12 +89,16 @@ def read_jsonl(path) -> list:
     if not path.exists():
         return rows
     with open(path, encoding="utf-8") as f:
-        for line in f:
+        for number, line in enumerate(f, 1):
             if not line.endswith("\n"):
                 break  # partial write from a killed process
             line = line.strip()
             if line:
-                rows.append(json.loads(line))
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as exc:
+                    # report the file's line, not the line within the one-line document
+                    raise json.JSONDecodeError(exc.msg, "\n" * (number - 1) + line, number - 1 + exc.pos) from None
     return rows
 
 

@@ -341,3 +341,19 @@ def test_partial_last_metrics_line_is_ignored(tmp_path):
         f.write('{"type": "eval", "iter": 99999, "bbox/A')  # a write cut short by a kill
     after = stats.load_study(path).runs[0].evals
     assert after == before
+
+
+def test_broken_run_files_are_listed_and_the_rest_still_reports(tmp_path):
+    path = make_study(tmp_path, sizes=("full",), schedules=("1x", "2x"))
+    broken_metrics = run_name("random", "2x", "full", 1)
+    broken_final = run_name("pretrain", "1x", "full", 2)
+    metrics = path / "runs" / broken_metrics / "metrics.jsonl"
+    metrics.write_text('{"type": "eval", "iter": 1}\nnot json at all\n' + metrics.read_text())
+    (path / "runs" / broken_final / "final.json").write_text("{\"status\": \"do")
+    summary = summary_of(path)
+    missing = {m["name"]: m["reason"] for m in summary["missing"]}
+    assert set(missing) == {broken_metrics, broken_final}
+    assert missing[broken_metrics] == f"unreadable run files: {metrics}: line 2 is not valid JSON"
+    assert "final.json: not valid JSON" in missing[broken_final]
+    f = summary["findings"]["catches_up"]
+    assert f["status"] == "does_not_hold" and f["gap"]["seeds"] == [0, 2]  # the pairs left at 2x

@@ -244,18 +244,27 @@ def _load_run(study_dir: Path, index: int, entry: dict) -> RunRecord:
         if key not in entry:
             raise UserError(f"{study_dir / 'study.json'}: runs[{index}] has no '{key}'")
     run_dir = study_dir / entry.get("path", f"runs/{entry['name']}")
-    metrics_path = run_dir / "metrics.jsonl"
+    # A run whose files cannot be read is left out and listed with the reason; the rest of the report stands.
+    unreadable = None
+    lines = final = failed = None
     try:
-        lines = read_jsonl(metrics_path)
+        lines = read_jsonl(run_dir / "metrics.jsonl")
+        final = _read_json_or_fail(run_dir / "final.json") if (run_dir / "final.json").exists() else None
+        failed = _read_json_or_fail(run_dir / "FAILED") if (run_dir / "FAILED").exists() else None
     except json.JSONDecodeError as exc:
-        raise UserError(f"{metrics_path}: line {exc.lineno} is not valid JSON") from None
-    final = _read_json_or_fail(run_dir / "final.json") if (run_dir / "final.json").exists() else None
-    failed = _read_json_or_fail(run_dir / "FAILED") if (run_dir / "FAILED").exists() else None
+        unreadable = f"{run_dir / 'metrics.jsonl'}: line {exc.lineno} is not valid JSON"
+    except UserError as exc:
+        unreadable = str(exc)
+    if unreadable is not None or not isinstance(final, (dict, type(None))) or not isinstance(failed, (dict, type(None))):
+        unreadable = unreadable or f"{run_dir}: final.json or FAILED is not a JSON object"
+        lines, final, failed = lines if isinstance(lines, list) else [], None, None
 
     declared = entry.get("state", "pending")
     reason = entry.get("reason")
     # The files are the truth; study.json can lag behind a kill.
-    if final is not None and final.get("status", "done") == "done":
+    if unreadable is not None:
+        state, reason = "failed", f"unreadable run files: {unreadable}"
+    elif final is not None and final.get("status", "done") == "done":
         state = "done"
     elif failed is not None:
         state, reason = "failed", failed.get("reason", reason)
