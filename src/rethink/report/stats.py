@@ -19,7 +19,6 @@ Finding rules (d = pretrained minus random, paired by seed; m = the study's marg
 
 import json
 import math
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,6 +26,7 @@ from scipy import stats as scipy_stats
 
 from rethink.errors import UserError
 from rethink.fileio import read_json, read_jsonl
+from rethink.schedule import parse_schedule
 
 CONFIDENCE = 0.95
 RANDOM = "random"
@@ -215,14 +215,6 @@ class Study:
         return seen
 
 
-_SCHEDULE_RE = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*x\s*$")
-
-
-def _schedule_factor(schedule: str) -> float | None:
-    match = _SCHEDULE_RE.match(str(schedule))
-    return float(match.group(1)) if match else None
-
-
 def _rows_by_iter(rows: list) -> list:
     # A resumed run may log the same iteration twice; the later line is the one that counts.
     by_iter = {}
@@ -279,10 +271,7 @@ def _load_run(study_dir: Path, index: int, entry: dict) -> RunRecord:
 
     factor = entry.get("schedule_factor")
     if factor is None:
-        factor = _schedule_factor(entry["schedule"])
-    if factor is None:
-        raise UserError(f"{study_dir / 'study.json'}: runs[{index}] schedule {entry['schedule']!r} "
-                        "has no schedule_factor and is not of the form '<N>x'")
+        factor = parse_schedule(entry["schedule"], key=f"{study_dir / 'study.json'}: runs[{index}].schedule")
     train_size = entry["train_size"]
     # the index may leave the actual number of images out; the run records it in final.json
     train_images = entry.get("train_images")
