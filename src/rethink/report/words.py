@@ -246,7 +246,7 @@ def question_answers(summary: dict) -> list:
                 f"{catch['schedule_longest']} ({fmt_ap(catch['ap_random'])} against {fmt_ap(catch['ap_pretrained_best'])}).")
     elif q["necessary"]["answer"] == "yes":
         text = (f"Yes, for the schedules tried: at the longest ({catch['schedule_longest']}) random init is still "
-                f"{fmt_signed(catch['gap_longest'])} AP behind {source}'s best ({fmt_ap(catch['ap_random'])} against "
+                f"{fmt_ap(catch['gap_longest'])} AP behind {source}'s best ({fmt_ap(catch['ap_random'])} against "
                 f"{fmt_ap(catch['ap_pretrained_best'])}).")
     else:
         text = "Cannot say yet: " + (catch.get("reason") or "the catch-up interval straddles the margin") + "."
@@ -265,7 +265,7 @@ def question_answers(summary: dict) -> list:
 
     if q["more_data"]["answer"] == "yes":
         text = (f"Yes, without pre-training: with {size_label(small['train_size'], small['train_images'])} random "
-                f"init is {fmt_signed(small['gap']['mean'])} AP behind at its best.")
+                f"init is {fmt_ap(small['gap']['mean'])} AP behind at its best.")
         if q["more_data"]["images_random_needs"] is not None:
             text += f" It needs about {fmt_int(q['more_data']['images_random_needs'])} images to come within the margin."
         else:
