@@ -521,6 +521,7 @@ def write_figures(study, summary: dict, out_dir) -> tuple:
             ("ap_vs_train_size", lambda: figure_ap_vs_size(study, cells, summary, out_dir)),
             ("compute", lambda: figure_compute(study, cells, out_dir)),
             ("overfitting", lambda: figure_overfitting(study, out_dir)),
+            ("forecast", lambda: figure_forecast(study, summary.get("forecast"), out_dir)),
         ):
             figure, reason = draw()
             if figure is None:
@@ -532,3 +533,62 @@ def write_figures(study, summary: dict, out_dir) -> tuple:
         if path.name not in keep:
             path.unlink()
     return made, skipped
+
+
+# ---------------------------------------------------------------------------------------------
+# 6. The forecast: final AP per schedule, observed and forecast beyond what was run
+# ---------------------------------------------------------------------------------------------
+
+
+def figure_forecast(study, forecast: dict, out_dir: Path):
+    if not forecast or not forecast.get("cells"):
+        return None, (forecast or {}).get("not_available") or "no forecast"
+    panels = {}
+    for cell in forecast["cells"]:
+        panels.setdefault((json.dumps(cell["other"], sort_keys=True), cell["train_size"]), []).append(cell)
+    images = {(json.dumps(r.other, sort_keys=True), r.train_size): r.train_images for r in study.runs}
+    keys = sorted(panels, key=lambda k: (k[0], stats.size_sort_key(k[1], images.get(k))))
+    inits = _inits_in_order(study)
+    sources = study.sources
+    fig, axes = _panel_grid(keys, 3.2, 2.7)
+    for ax, key in zip(axes, keys):
+        ticks = {}
+        for init in inits:
+            mine = sorted((c for c in panels[key] if c["init"] == init), key=lambda c: c["iters"])
+            if not mine:
+                continue
+            color = init_color(init, sources)
+            seen = [c for c in mine if _finite(c["observed_final_ap"])]
+            ax.plot([c["iters"] for c in seen], [c["observed_final_ap"] for c in seen], color=color, marker="o",
+                    ms=4, lw=1.5)
+            ahead = [c for c in mine if c["observed_final_ap"] is None and c["predicted_final_ap"] is not None]
+            if ahead:
+                # dashed from the last observed schedule on, with the forecast's interval as error bars
+                start = seen[-1:] if seen else []
+                xs = [c["iters"] for c in start] + [c["iters"] for c in ahead]
+                ys = [c["observed_final_ap"] for c in start] + [c["predicted_final_ap"] for c in ahead]
+                ax.plot(xs, ys, color=color, ls="--", lw=1.2)
+                lo = [c["predicted_final_ap"] - c["interval"][0] for c in ahead]
+                hi = [c["interval"][1] - c["predicted_final_ap"] for c in ahead]
+                ax.errorbar([c["iters"] for c in ahead], [c["predicted_final_ap"] for c in ahead], yerr=[lo, hi],
+                            color=color, marker="o", mfc="white", ms=4, ls="none", capsize=2, lw=1)
+            ticks.update({c["iters"]: c["schedule"] for c in mine})
+        ax.set_xscale("log")
+        ax.xaxis.set_major_locator(FixedLocator(sorted(ticks)))
+        ax.xaxis.set_minor_locator(NullLocator())
+        ax.set_xticklabels([ticks[t] for t in sorted(ticks)], fontsize=7)
+        ax.set_xlabel("schedule length (log scale)")
+        ax.set_ylabel(f"final {AP_LABEL}")
+        ax.set_title(_panel_title(key[1], images.get(key), json.loads(key[0])))
+    handles = [Line2D([], [], color=init_color(i, sources), marker="o", lw=1.5, label=init_label(i)) for i in inits]
+    handles.append(Line2D([], [], color="0.3", marker="o", mfc="white", ls="--", lw=1.2, label="forecast"))
+    fig.legend(handles=handles, loc="outside upper center", ncols=len(handles), frameon=False)
+    png, svg = _save(fig, out_dir, "forecast")
+    pct = int(round(forecast["interval"] * 100))
+    caption = (f"Final box AP per schedule: measured (filled, solid) and forecast from the curves so far (open, "
+               f"dashed, with {pct}% intervals) for the schedules not run yet, by `rethink forecast`'s model of "
+               "this experiment (a saturating curve until the first LR drop, the jump after it learned from the "
+               "forks). Measured values are means over the seeds done.")
+    return {"name": "forecast", "title": "Forecast of the final AP per schedule", "caption": caption,
+            "png": png, "svg": svg, "width_in": float(fig.get_figwidth())}, None
+

@@ -10,6 +10,7 @@ import html
 import json
 from pathlib import Path
 
+from rethink.errors import UserError
 from rethink.fileio import atomic_write_json, atomic_write_text
 from rethink.report import stats, words
 from rethink.report.figures import write_figures
@@ -290,6 +291,12 @@ def render_html(summary: dict, figures: list, skipped: list) -> str:
                          f'<span class="badge {_e(status)}">{_e(STATUS_WORDS[status])}</span></span>{_e(text)}</li>')
         parts.append("</ul>")
 
+    parts.append("<h2>Forecast</h2>")
+    parts += [f"<p>{_e(text)}</p>" for text in words.forecast_sentences(summary)]
+    headers, rows = words.forecast_rows(summary)
+    if rows:
+        parts.append(_html_table(headers, rows, {0, 1, 2}))
+
     parts.append("<h2>Figures</h2>")
     for number, fig in enumerate(figures, 1):
         data = base64.b64encode(Path(fig["png"]).read_bytes()).decode("ascii")
@@ -364,6 +371,12 @@ def render_markdown(summary: dict, figures: list, skipped: list) -> str:
         for question, status, text in items:
             out.append(f"- **{question}** *{STATUS_WORDS[status]}.* {text}")
         out.append("")
+    out += ["## Forecast", ""]
+    for text in words.forecast_sentences(summary):
+        out += [text, ""]
+    headers, rows = words.forecast_rows(summary)
+    if rows:
+        out += [_md_table(headers, rows), ""]
     out += ["## Figures", ""]
     for number, fig in enumerate(figures, 1):
         out += [f"![{fig['title']}](figures/{fig['name']}.png)", "",
@@ -395,6 +408,17 @@ def render_markdown(summary: dict, figures: list, skipped: list) -> str:
 # ---------------------------------------------------------------------------------------------
 
 
+def study_forecast(study) -> dict:
+    """The forecast section's data: `rethink forecast` on the curves so far, or why there is none."""
+    from rethink.study.forecast import forecast_study
+
+    try:
+        result = forecast_study(study)
+    except UserError as exc:
+        return {"not_available": str(exc)}
+    return {k: result[k] for k in ("interval", "margin_ap", "cells", "catch_up")}
+
+
 def write_report(study_dir) -> Path:
     """Read the study in `study_dir` and write study_dir/report/; return the path of report/index.html.
 
@@ -403,7 +427,9 @@ def write_report(study_dir) -> Path:
     """
     study_dir = Path(study_dir)
     study = stats.load_study(study_dir)
-    summary = words.add_text(stats.summarize(study))
+    summary = stats.summarize(study)
+    summary["forecast"] = study_forecast(study)
+    summary = words.add_text(summary)
     out = study_dir / "report"
     figures, skipped = write_figures(study, summary, out / "figures")
     summary["figures"] = [{"name": f["name"], "title": f["title"], "caption": f["caption"],
