@@ -86,6 +86,7 @@ def test_two_processes_see_the_same_samples_and_only_rank_0_writes(runs):
     assert all(r["eval/images"] == 8 for r in eval_rows(two) + eval_rows(one))
 
 
+@pytest.mark.learning
 def test_loss_curves_agree(runs):
     _, one, two = runs
     rows1, rows2 = train_rows(one), train_rows(two)
@@ -94,14 +95,17 @@ def test_loss_curves_agree(runs):
     for a, b in zip(rows1[:EXACT_ITERS], rows2[:EXACT_ITERS]):
         for key in [k for k in a if k.startswith("loss")] + ["grad_norm"]:
             assert b[key] == pytest.approx(a[key], rel=1e-5, abs=1e-7), (a["iter"], key)
-    # After the flip the runs are two trajectories of the same training. Measured, mean loss of iterations 9-48:
-    # 0.684 (1 process), 0.743 (2 processes, +8.6%); four 1-process runs that differ only in their anchor/RoI draws
-    # gave 0.694, 0.699, 0.728, 0.741. 15% covers that spread between two such runs with a margin. (An averaging
-    # or sharding error, e.g. a summed gradient or a process training on another's images, breaks the exact phase.)
+    # After the flip the runs are two trajectories of the same training. Measured, mean loss of iterations 9-48,
+    # 1 and 2 processes: 0.684 and 0.743 (+8.6%) with the AVX2 kernels, 0.703 and 0.683 (-2.9%) with AVX-512,
+    # 0.758 and 0.805 (+6.3%) with the basic kernels (ATEN_CPU_CAPABILITY=default); four 1-process runs that differ
+    # only in their anchor/RoI draws gave 0.694, 0.699, 0.728, 0.741. 25% covers the spread between two such
+    # trajectories (0.684 to 0.805 over all of them, 18%). (An averaging or sharding error, e.g. a summed gradient
+    # or a process training on another's images, breaks the exact phase.)
     late1 = statistics.mean(r["loss"] for r in rows1[EXACT_ITERS:])
     late2 = statistics.mean(r["loss"] for r in rows2[EXACT_ITERS:])
-    assert late2 == pytest.approx(late1, rel=0.15)
-    assert late1 < 0.5 * rows1[0]["loss"] and late2 < 0.5 * rows2[0]["loss"]  # both learn
+    assert late2 == pytest.approx(late1, rel=0.25)
+    # both learn: late over first loss measured 0.37-0.43 on the three kernels
+    assert late1 < 0.6 * rows1[0]["loss"] and late2 < 0.6 * rows2[0]["loss"]
 
 
 def test_parameters_agree_after_the_exact_phase(runs):
@@ -114,16 +118,17 @@ def test_parameters_agree_after_the_exact_phase(runs):
     assert worst < 1e-5
 
 
+@pytest.mark.learning
 def test_final_ap_agrees(runs):
     _, one, two = runs
     ap1, ap2 = eval_rows(one)[-1]["bbox/AP"], eval_rows(two)[-1]["bbox/AP"]
-    # Measured: 4.67 (1 process) and 4.45 (2 processes). After 48 iterations of a tiny model on 8 val images AP is
-    # mostly trajectory noise: the four 1-process runs that differ only in their anchor/RoI draws ended at 0.51,
-    # 1.45, 1.49 and 2.88, so no tolerance much under that range (~4 AP) is meaningful between two trajectories.
-    # The runs are deterministic, so 3 AP is a regression bound on the measured 0.22; the sharp checks of the
-    # distributed path are the exact phase above and the sharded evaluation below.
-    assert abs(ap1 - ap2) < 3.0
-    assert ap1 > 1.0 and ap2 > 1.0
+    # Measured, 1 and 2 processes: 4.67 and 4.45 (AVX2 kernels), 0.72 and 2.94 (AVX-512), 2.72 and 1.59 (basic
+    # kernels). After 48 iterations of a tiny model on 8 val images AP is trajectory noise: the four 1-process runs
+    # that differ only in their anchor/RoI draws ended at 0.51, 1.45, 1.49 and 2.88, and the CPU's kernels pick
+    # the trajectory, so no AP difference between two trajectories is meaningful here. The sharp checks of the
+    # distributed path are the exact phase above and the sharded evaluation below; test_learning.py checks AP
+    # after a run long enough for it. What holds on every CPU: both runs score far above an untrained model (0.01).
+    assert ap1 > 0.1 and ap2 > 0.1
 
 
 def test_sharded_evaluation_equals_one_process(runs):

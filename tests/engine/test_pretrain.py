@@ -75,6 +75,7 @@ def reference(data_root, tmp_path_factory):
     return cfg, out, pretrain(cfg, out, progress=False)
 
 
+@pytest.mark.learning
 def test_learns_and_records_its_cost(reference):
     cfg, out, record = reference
     assert record["top1"] >= 75.0  # chance is 25%
