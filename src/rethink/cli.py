@@ -46,6 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("eval", help="evaluate saved weights on the config's validation set")
     p.add_argument("config")
     p.add_argument("--weights", required=True, help="a checkpoint from a run (checkpoints/iter_*.pt)")
+    p.add_argument("--predictions", default=None, metavar="FILE",
+                   help="write the val-set detections there as COCO results JSON (coco_instances_results.json)")
     _add_overrides(p)
 
     p = sub.add_parser("check-data", help="validate the datasets a config points to")
@@ -111,6 +113,41 @@ def _config_path(text: str) -> Path:
     return find_config(text)
 
 
+def _writable_dir(text: str, what: str = "--out") -> Path:
+    """A folder the command will create or fill: refused before any work if it cannot be written."""
+    path = Path(text)
+    if path.exists() and not path.is_dir():
+        raise UserError(f"{what} {text}: is a file, not a folder")
+    _check_can_write(path if path.exists() else path.parent, text, what)
+    return path
+
+
+def _writable_file(text: str, what: str) -> Path:
+    """A file the command will write: refused before any work if it cannot be written."""
+    path = Path(text)
+    if path.is_dir():
+        raise UserError(f"{what} {text}: is a folder, not a file")
+    _check_can_write(path.parent, text, what)
+    return path
+
+
+def _check_can_write(folder: Path, text: str, what: str) -> None:
+    """Write a scratch file into `folder`, or, while it does not exist, into its nearest existing parent
+    (os.access says yes to root on a read-only file system; a real write does not)."""
+    import tempfile
+
+    folder = folder.absolute()
+    while not folder.exists():
+        folder = folder.parent
+    if not folder.is_dir():
+        raise UserError(f"{what} {text}: {folder} is a file, not a folder")
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as e:
+        raise UserError(f"{what} {text}: cannot write in {folder} ({e.strerror or e})") from None
+
+
 def _load(args):
     from rethink.config import load_config, resolve_paths
 
@@ -118,6 +155,7 @@ def _load(args):
 
 
 def cmd_train(args) -> int:
+    _writable_dir(args.out)
     if args.nproc > 1:
         from rethink.engine.launch import run_torchrun
 
@@ -151,7 +189,8 @@ def _print_final(out, final: dict) -> None:
 def cmd_eval(args) -> int:
     from rethink.engine.run_eval import evaluate_weights
 
-    metrics = evaluate_weights(_load(args), Path(args.weights))
+    predictions = _writable_file(args.predictions, "--predictions") if args.predictions else None
+    metrics = evaluate_weights(_load(args), Path(args.weights), per_category=True, predictions=predictions)
     print(json.dumps(metrics, indent=2, sort_keys=True))
     return 0
 
@@ -176,6 +215,7 @@ def cmd_check_data(args) -> int:
 def cmd_data(args) -> int:
     from rethink.synth import write_benchmark
 
+    _writable_dir(args.out)
     manifest = write_benchmark(Path(args.out), seed=args.seed, scale=args.scale)
     print(f"{args.out}: benchmark ready ({json.dumps(manifest.get('counts', {}))})")
     return 0
@@ -184,6 +224,7 @@ def cmd_data(args) -> int:
 def cmd_pretrain(args) -> int:
     from rethink.engine.pretrain import load_pretrain_config, pretrain
 
+    _writable_dir(args.out)
     record = pretrain(load_pretrain_config(_config_path(args.config), args.overrides), Path(args.out),
                       progress=not args.no_progress)
     print(f"{args.out}: backbone.safetensors written, val top-1 {record['top1']:.1f}%, "
@@ -206,6 +247,7 @@ def cmd_plan(args) -> int:
 def cmd_study(args) -> int:
     from rethink.study.run import run_study
 
+    _writable_dir(args.out)
     return run_study(_config_path(args.study), Path(args.out), executor=args.executor, jobs=args.jobs, nproc=args.nproc,
                      slurm=dict(partition=args.slurm_partition, gpus_per_node=args.slurm_gpus_per_node,
                                 time_min=args.slurm_time_min, folder=args.slurm_folder, cluster=args.slurm_cluster),
@@ -260,6 +302,7 @@ def cmd_forecast(args) -> int:
 def cmd_demo(args) -> int:
     from rethink.demo import run_demo
 
+    _writable_dir(args.out)
     return run_demo(Path(args.out), quick=args.quick)
 
 

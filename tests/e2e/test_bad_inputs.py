@@ -234,6 +234,47 @@ def case_out_dir_holds_another_run(root):
     return ["train", str(_config(root, "c")), "--out", str(root / "finished"), "--set", "seed=9"], "different config"
 
 
+def _plain_file(root: Path) -> Path:
+    path = root / "plain.txt"
+    path.write_text("a file where a folder is needed\n")
+    return path
+
+
+def case_predictions_path_is_a_folder(root):
+    return ["eval", str(_config(root, "c")), "--weights", str(root / "finished" / "checkpoints" / "iter_0000004.pt"),
+            "--predictions", str(root)], "--predictions"
+
+
+def case_predictions_inside_a_file(root):
+    return ["eval", str(_config(root, "c")), "--weights", str(root / "finished" / "checkpoints" / "iter_0000004.pt"),
+            "--predictions", str(_plain_file(root) / "results.json")], "is a file, not a folder"
+
+
+def case_train_out_inside_a_file(root):
+    return ["train", str(_config(root, "c")), "--out", str(_plain_file(root) / "run")], "is a file, not a folder"
+
+
+def case_train_out_is_a_file(root):
+    return ["train", str(_config(root, "c")), "--out", str(_plain_file(root))], "is a file, not a folder"
+
+
+def case_pretrain_out_inside_a_file(root):
+    return ["pretrain", "tiny/pretrain.yaml", "--out", str(_plain_file(root) / "p")], "is a file, not a folder"
+
+
+def case_study_out_inside_a_file(root):
+    return ["study", str(_study(root, "ok", {"matrix": {"init": ["random", "imagenet"]}})), "--out",
+            str(_plain_file(root) / "s")], "is a file, not a folder"
+
+
+def case_demo_out_inside_a_file(root):
+    return ["demo", "--quick", "--out", str(_plain_file(root) / "d")], "is a file, not a folder"
+
+
+def case_synth_out_inside_a_file(root):
+    return ["data", "synth", "--out", str(_plain_file(root) / "b")], "is a file, not a folder"
+
+
 CASES = [v for k, v in sorted(globals().items()) if k.startswith("case_")]
 
 

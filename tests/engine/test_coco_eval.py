@@ -213,3 +213,71 @@ def test_masks_to_rle_round_trip():
         np.testing.assert_array_equal(pycoco_mask.decode(rle), mask.astype(np.uint8))
         assert pycoco_mask.area(rle) == mask.sum()
     assert masks_to_rle(np.zeros((0, 7, 11), dtype=np.uint8)) == []
+
+
+@pytest.mark.parametrize("backend", ["faster", "pycocotools"])
+def test_per_category_ap_is_each_category_evaluated_alone(backend):
+    gt = make_gt()
+    dets = make_detections(gt, seed=3)
+    both = coco_metrics(gt, dets, iou_types=("bbox", "segm"), backend=backend, per_category=True)
+    names = {c["id"]: c["name"] for c in gt["categories"]}
+    for cat_id in CATEGORY_IDS:
+        alone_gt = {**gt, "annotations": [a for a in gt["annotations"] if a["category_id"] == cat_id],
+                    "categories": [c for c in gt["categories"] if c["id"] == cat_id]}
+        alone = coco_metrics(alone_gt, [d for d in dets if d["category_id"] == cat_id],
+                             iou_types=("bbox", "segm"), backend=backend)
+        for iou_type in ("bbox", "segm"):
+            assert both[f"{iou_type}/AP-{names[cat_id]}"] == pytest.approx(alone[f"{iou_type}/AP"], abs=1e-9)
+    # the summary AP is the mean of the categories' APs
+    mean = np.mean([both[f"bbox/AP-{names[c]}"] for c in CATEGORY_IDS])
+    assert both["bbox/AP"] == pytest.approx(mean, abs=1e-9)
+    assert "bbox/AP-" + names[CATEGORY_IDS[0]] not in coco_metrics(gt, dets, backend=backend)
+    empty = coco_metrics(gt, [], backend=backend, per_category=True)
+    assert all(empty[f"bbox/AP-{names[c]}"] == 0.0 for c in CATEGORY_IDS)
+
+
+def _faster_coco_eval_ap(annotations_path, results_path, iou_type: str) -> float:
+    """faster-coco-eval's AP of a results file, on the files alone (as a user checks a submission)."""
+    from faster_coco_eval import COCO, COCOeval_faster
+
+    coco_gt = COCO(str(annotations_path))
+    coco_dt = coco_gt.loadRes(str(results_path))
+    evaluator = COCOeval_faster(coco_gt, coco_dt, iouType=iou_type, print_function=lambda *a, **k: None)
+    evaluator.evaluate()
+    evaluator.accumulate()
+    evaluator.summarize()
+    return float(evaluator.stats[0]) * 100.0
+
+
+@pytest.mark.parametrize("detector", ["faster_rcnn", "mask_rcnn"])
+def test_eval_writes_coco_results_whose_ap_it_prints(coco_data, tmp_path, detector, capsys):
+    from conftest import tiny_config_dict, write_config
+    from rethink.cli import main
+
+    cfg = tiny_config_dict(coco_data)
+    cfg["model"]["detector"] = detector
+    config = write_config(tmp_path / "c.yaml", cfg)
+    overrides = ["solver.iters_1x=8", "eval_period=0", "checkpoint_period=8"]
+    assert main(["train", str(config), "--out", str(tmp_path / "run"), "--no-progress", "--set", *overrides]) == 0
+    capsys.readouterr()
+    predictions = tmp_path / "out" / "coco_instances_results.json"
+    assert main(["eval", str(config), "--weights", str(tmp_path / "run" / "checkpoints" / "iter_0000008.pt"),
+                 "--predictions", str(predictions), "--set", *overrides]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    results = json.loads(predictions.read_text())
+    gt = json.loads((coco_data / "val" / "annotations.json").read_text())
+    image_ids, cat_ids = {i["id"] for i in gt["images"]}, {c["id"] for c in gt["categories"]}
+    assert results and all(r["image_id"] in image_ids and r["category_id"] in cat_ids for r in results)
+    assert all(len(r["bbox"]) == 4 and r["bbox"][2] >= 0 and r["bbox"][3] >= 0 and 0 <= r["score"] <= 1
+               for r in results)
+    iou_types = ["bbox"] + (["segm"] if detector == "mask_rcnn" else [])
+    if detector == "mask_rcnn":
+        sizes = {i["id"]: [i["height"], i["width"]] for i in gt["images"]}
+        assert all(r["segmentation"]["size"] == sizes[r["image_id"]] and isinstance(r["segmentation"]["counts"], str)
+                   for r in results)
+    else:
+        assert all("segmentation" not in r for r in results)
+    for iou_type in iou_types:
+        assert printed[f"{iou_type}/AP"] == pytest.approx(
+            _faster_coco_eval_ap(coco_data / "val" / "annotations.json", predictions, iou_type), abs=1e-9)
+        assert {f"{iou_type}/AP-rect", f"{iou_type}/AP-ellipse"} <= set(printed)

@@ -47,6 +47,7 @@ def coco_metrics(
     detections: list[dict],
     iou_types: tuple[str, ...] = ("bbox",),
     backend: str = "faster",
+    per_category: bool = False,
 ) -> dict[str, float]:
     """Score `detections` against the COCO ground truth `gt`.
 
@@ -54,7 +55,8 @@ def coco_metrics(
     results: image_id, category_id, score, and `bbox` [x, y, w, h] for "bbox" or `segmentation`
     (an RLE with str counts, see `masks_to_rle`) for "segm".
     Returns {"bbox/AP": 38.2, "bbox/AP50": ..., "segm/APl": ...} on a 0-100 scale; NaN where
-    COCOeval reports the metric as undefined (-1).
+    COCOeval reports the metric as undefined (-1). With `per_category`, also each category's AP@[.5:.95]
+    as `bbox/AP-<category name>` (detectron2's naming), NaN for a category without ground truth.
     """
     if isinstance(iou_types, str):
         iou_types = (iou_types,)  # a lone "segm" would otherwise be read letter by letter
@@ -74,16 +76,43 @@ def coco_metrics(
     for iou_type in iou_types:
         gt_copy = _ground_truth_for(gt, iou_type)
         if not kept:
-            stats = _stats_without_detections(gt_copy)
+            stats, per_cat = _stats_without_detections(gt_copy), _per_category_without_detections(gt_copy)
         else:
             dets = _detections_for(kept, iou_type)
             if backend == "faster":
-                stats = _faster_stats(gt_copy, dets, iou_type)
+                stats, per_cat = _faster_stats(gt_copy, dets, iou_type)
             else:
-                stats = _pycocotools_stats(gt_copy, dets, iou_type)
+                stats, per_cat = _pycocotools_stats(gt_copy, dets, iou_type)
         for name, value in zip(METRIC_NAMES, stats):
             results[f"{iou_type}/{name}"] = float(value) * 100.0 if value >= 0 else math.nan
+        if per_category:
+            names = {cat["id"]: cat.get("name", str(cat["id"])) for cat in gt["categories"]}
+            for cat_id, value in per_cat.items():
+                results[f"{iou_type}/AP-{names[cat_id]}"] = float(value) * 100.0 if value >= 0 else math.nan
     return results
+
+
+def _per_category_ap(evaluator) -> dict[int, float]:
+    """Each category's AP@[.5:.95] from COCOeval's accumulated precision, -1 where undefined.
+
+    precision has axes (IoU threshold, recall threshold, category, area range, max detections); -1 marks
+    entries without ground truth. A category's AP is the mean over its defined entries at area "all" and the
+    largest max-detections setting, as COCOeval's summary does for the AP over all categories.
+    """
+    precision = evaluator.eval["precision"]
+    area_all = list(evaluator.params.areaRngLbl).index("all")
+    out = {}
+    for k, cat_id in enumerate(evaluator.params.catIds):
+        values = precision[:, :, k, area_all, -1]
+        defined = values[values > -1]
+        out[int(cat_id)] = float(np.mean(defined)) if defined.size else -1.0
+    return out
+
+
+def _per_category_without_detections(gt: dict) -> dict[int, float]:
+    """0 for a category with non-crowd ground truth (nothing found), -1 (undefined) for one without."""
+    present = {ann["category_id"] for ann in gt["annotations"] if not ann["iscrowd"]}
+    return {cat["id"]: (0.0 if cat["id"] in present else -1.0) for cat in sorted(gt["categories"], key=lambda c: c["id"])}
 
 
 def masks_to_rle(masks: np.ndarray) -> list[dict]:
@@ -162,7 +191,7 @@ def _faster_stats(gt: dict, detections: list[dict], iou_type: str) -> list[float
         evaluator.evaluate()
         evaluator.accumulate()
         evaluator.summarize()
-    return list(evaluator.stats[: len(METRIC_NAMES)])
+    return list(evaluator.stats[: len(METRIC_NAMES)]), _per_category_ap(evaluator)
 
 
 def _pycocotools_stats(gt: dict, detections: list[dict], iou_type: str) -> list[float]:
@@ -176,7 +205,7 @@ def _pycocotools_stats(gt: dict, detections: list[dict], iou_type: str) -> list[
         evaluator.evaluate()
         evaluator.accumulate()
         evaluator.summarize()
-    return list(evaluator.stats[: len(METRIC_NAMES)])
+    return list(evaluator.stats[: len(METRIC_NAMES)]), _per_category_ap(evaluator)
 
 
 def _stats_without_detections(gt: dict) -> list[float]:

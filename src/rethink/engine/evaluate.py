@@ -4,12 +4,14 @@ Under DDP every process runs its share of the images; detections are gathered an
 """
 
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from rethink.engine import distributed
 from rethink.engine.coco_eval import coco_metrics, masks_to_rle
+from rethink.fileio import atomic_write_json
 from rethink.models.detector import set_mode_sizes
 
 
@@ -37,8 +39,14 @@ def detections_for_batch(outputs, image_ids, label_to_cat: list[int], with_masks
 
 
 @torch.no_grad()
-def evaluate(model, dataset, gt: dict, device, batch_size: int = 8, amp_dtype=None, num_workers: int = 0) -> dict:
-    """COCO metrics (`bbox/AP`... and `segm/...` for Mask R-CNN) on `dataset`, plus inference speed."""
+def evaluate(model, dataset, gt: dict, device, batch_size: int = 8, amp_dtype=None, num_workers: int = 0,
+             per_category: bool = False, predictions: Path | None = None) -> dict:
+    """COCO metrics (`bbox/AP`... and `segm/...` for Mask R-CNN) on `dataset`, plus inference speed.
+
+    per_category: also each category's AP (`bbox/AP-<name>`). predictions: write the detections there as a COCO
+    results file (detectron2's coco_instances_results.json: image_id, the dataset's category_id, bbox [x, y, w, h],
+    score, and an RLE segmentation for Mask R-CNN), exactly what was scored.
+    """
     was_training = model.training
     model.eval()
     set_mode_sizes(model, training=False)
@@ -75,7 +83,9 @@ def evaluate(model, dataset, gt: dict, device, batch_size: int = 8, amp_dtype=No
         ids = {img["id"] for img in dataset.images}
         scored_gt = gt if len(ids) == len(gt["images"]) else _restrict_gt(gt, ids)
         iou_types = ("bbox", "segm") if with_masks else ("bbox",)
-        metrics = coco_metrics(scored_gt, all_results, iou_types=iou_types)
+        metrics = coco_metrics(scored_gt, all_results, iou_types=iou_types, per_category=per_category)
+        if predictions is not None:
+            atomic_write_json(predictions, all_results)
         metrics["eval/images"] = ran
         metrics["eval/img_per_s"] = ran / elapsed if elapsed > 0 else 0.0
     metrics = distributed.broadcast_object(metrics)

@@ -1,4 +1,5 @@
-"""`rethink eval CONFIG --weights CKPT`: score saved weights on the config's validation set."""
+"""`rethink eval CONFIG --weights CKPT [--predictions FILE]`: score saved weights on the config's validation set,
+with each category's AP, and optionally write the detections as a COCO results file."""
 
 from pathlib import Path
 
@@ -12,7 +13,8 @@ from rethink.errors import UserError
 from rethink.models.detector import build_detector
 
 
-def evaluate_weights(cfg: RunConfig, weights: Path) -> dict:
+def evaluate_weights(cfg: RunConfig, weights: Path, per_category: bool = False,
+                     predictions: Path | None = None) -> dict:
     device = resolve_device(cfg)
     _, val_set, train_check, val_check = load_datasets(cfg)
     torch.manual_seed(cfg.seed)
@@ -25,4 +27,4 @@ def evaluate_weights(cfg: RunConfig, weights: Path) -> dict:
         raise UserError(f"{weights}: does not fit the config's model (e.g. {', '.join(keys)})")
     model.to(device)
     return evaluate(model, val_set, val_check.coco, device, batch_size=max(1, cfg.solver.batch_size),
-                    amp_dtype=amp_dtype(cfg, device))
+                    amp_dtype=amp_dtype(cfg, device), per_category=per_category, predictions=predictions)
