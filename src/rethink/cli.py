@@ -103,6 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="the whole pipeline on the bundled benchmark, on a CPU, in minutes")
     p.add_argument("--out", default="runs/demo")
     p.add_argument("--quick", action="store_true", help="a much shorter version (checks the pipeline)")
+    p.add_argument("--seeds", type=int, default=1, help="run the study over seeds 0..N-1 (paired 95%% intervals)")
     return parser
 
 
@@ -303,7 +304,7 @@ def cmd_demo(args) -> int:
     from rethink.demo import run_demo
 
     _writable_dir(args.out)
-    return run_demo(Path(args.out), quick=args.quick)
+    return run_demo(Path(args.out), quick=args.quick, seeds=args.seeds)
 
 
 COMMANDS = {
