@@ -134,8 +134,8 @@ def catches_up_text(f: dict, source: str) -> str:
             "Random init does not catch up within the schedules tried"
         text = f"{lead}: at the longest schedule ({where}) it reaches {numbers}, more than the {m:.1f} AP margin behind"
         if f["gap_closed_fraction"] is not None and f["gap_closed_fraction"] > 0:
-            text += (f"; it closed {f['gap_closed_fraction']:.0%} of the {fmt_signed(f['gap_shortest'])} AP gap "
-                     f"seen at {f['schedule_shortest']}.")
+            text += (f"; it closed {f['gap_closed_fraction']:.0%} of its {fmt_ap(f['gap_shortest'])} AP gap to that "
+                     f"best at the shortest schedule ({f['schedule_shortest']}).")
         else:
             text += "."
     else:
