@@ -250,3 +250,14 @@ def test_read_image_resizes_shorter_side_and_keeps_the_centre(tmp_path):
     (tmp_path / "broken.png").write_bytes(b"not an image")
     with pytest.raises(UserError, match="broken.png: not a readable image"):
         read_image(tmp_path / "broken.png", 16)
+
+
+def test_pretraining_writes_tensorboard_events(reference):
+    from test_events import scalars
+
+    _, out, record = reference
+    got = scalars(out)
+    evals = [r for r in read_jsonl(out / "metrics.jsonl") if r["type"] == "eval"]
+    assert got["eval/top1"] == [(r["iter"], pytest.approx(r["top1"])) for r in evals]
+    assert got["eval/top1"][-1][1] == pytest.approx(record["top1"])
+    assert "train/loss" in got and "train/lr" in got

@@ -267,3 +267,16 @@ def test_keyed_sampler_follows_torchvisions_rule_with_its_own_generator():
     other_salt = ImageKeyedSampler(64, 0.25, seed=5, salt=0)
     other_salt.keys = [17, 18]
     assert not torch.equal(other_salt(matched)[0][0], pos[0])
+
+
+def test_run_writes_tensorboard_events_with_the_logged_values(reference_run):
+    from test_events import scalars
+
+    _, out, _ = reference_run
+    got = scalars(out)
+    evals = eval_rows(out)
+    assert got["bbox/AP"] == [(r["iter"], pytest.approx(r["bbox/AP"])) for r in evals]
+    assert got["bbox/AP75"] == [(r["iter"], pytest.approx(r["bbox/AP75"])) for r in evals]
+    train_rows = [r for r in read_jsonl(out / "metrics.jsonl") if r["type"] == "train"]
+    assert [step for step, _ in got["train/loss"]] == [r["iter"] for r in train_rows]
+    assert {"train/lr", "train/img_per_s", "train/loss_classifier"} <= set(got)

@@ -40,9 +40,10 @@ from rethink import config as cfgmod
 from rethink import schedule as sched
 from rethink.data.sampling import InfiniteSampler
 from rethink.engine import checkpoint as ckpt
+from rethink.engine.events import RunLog
 from rethink.engine.train import _Signals, amp_dtype, resolve_device
 from rethink.errors import Interrupted, RunFailed, UserError
-from rethink.fileio import append_jsonl, atomic_save_with, atomic_write_json, atomic_write_text, read_json, read_jsonl
+from rethink.fileio import atomic_save_with, atomic_write_json, atomic_write_text, read_json, read_jsonl
 from rethink.models import backbone as bb
 from rethink.models.detector import IMAGE_MEAN, IMAGE_STD
 
@@ -450,6 +451,7 @@ def pretrain(cfg: PretrainConfig, out: Path, progress: bool = True, stop_after: 
         atomic_write_text(out / "metrics.jsonl", "".join(_jsonl(r) for r in kept))
     else:
         atomic_write_text(out / "metrics.jsonl", "")
+    log = RunLog(out)
 
     # The batch of iteration k is the sampler's (seeded permutations, flips) plus crops drawn from a generator
     # seeded by (seed, k): a function of k alone, so a resume needs no data-pipeline state.
@@ -539,6 +541,7 @@ def pretrain(cfg: PretrainConfig, out: Path, progress: bool = True, stop_after: 
                 mean_loss = float(loss_sum) / period["iters"]
                 if not math.isfinite(mean_loss):
                     bar.close()
+                    log.close()
                     raise RunFailed(
                         f"{out}: non-finite loss between iterations {done - period['iters'] + 1} and {done}; "
                         "lower solver.base_lr or lengthen solver.warmup_iters"
@@ -548,7 +551,7 @@ def pretrain(cfg: PretrainConfig, out: Path, progress: bool = True, stop_after: 
                        "img_per_s": period["images"] / period["time_s"] if period["time_s"] > 0 else 0.0,
                        "data_fraction": period["data_s"] / period["time_s"] if period["time_s"] > 0 else 0.0,
                        **counts}
-                append_jsonl(out / "metrics.jsonl", row)
+                log.write(row)
                 bar.set_postfix(loss=f"{mean_loss:.3f}", lr=f"{lr:.3g}", img_s=f"{row['img_per_s']:.0f}")
                 loss_sum.zero_()
                 correct_sum.zero_()
@@ -558,7 +561,7 @@ def pretrain(cfg: PretrainConfig, out: Path, progress: bool = True, stop_after: 
                 t0 = time.perf_counter()
                 last_eval = evaluate_top1(model, val_set, normalize, device, s.batch_size, d.num_workers, dtype)
                 times["eval_time_s"] += time.perf_counter() - t0
-                append_jsonl(out / "metrics.jsonl", {"type": "eval", "iter": done, **last_eval})
+                log.write({"type": "eval", "iter": done, **last_eval})
                 bar.write(f"{out.name} iter {done}: val top-1 {last_eval['top1']:.2f}%")
 
             stop = signals.stop or (stop_after is not None and done >= stop_after and done < max_iter)
@@ -566,10 +569,12 @@ def pretrain(cfg: PretrainConfig, out: Path, progress: bool = True, stop_after: 
                 save_checkpoint(done)
             if stop and done < max_iter:
                 bar.close()
+                log.close()
                 why = signals.stop or f"stop_after={stop_after}"
                 raise Interrupted(f"{out}: stopped by {why} at iteration {done}; checkpoint saved, "
                                   "run the same command to resume")
     bar.close()
+    log.close()
 
     # The last iteration always evaluates before its checkpoint is written, so a run killed after that checkpoint
     # but before its record resumes here with the final evaluation restored from the checkpoint.

@@ -25,6 +25,7 @@ from rethink.data.validate import check_coco, check_train_size
 from rethink.engine import checkpoint as ckpt
 from rethink.engine import distributed
 from rethink.engine.evaluate import evaluate
+from rethink.engine.events import RunLog
 from rethink.errors import Interrupted, RunFailed, UserError
 from rethink.fileio import append_jsonl, atomic_write_json, atomic_write_text, read_json, read_jsonl
 from rethink.models import backbone as bb
@@ -215,6 +216,7 @@ def train(cfg: RunConfig, out_dir, *, fork_from: Path | None = None, keep_iters=
             _restart_metrics(out, start_iter, source=Path(fork_from).parent.parent / "metrics.jsonl")
     elif is_main:
         atomic_write_text(out / "metrics.jsonl", "")
+    log = RunLog(out) if is_main else None
     if is_main:
         atomic_write_json(out / "init.json", init_report)
         # one line per process that trains this run: where it started (a resume must start at a checkpoint)
@@ -344,6 +346,8 @@ def train(cfg: RunConfig, out_dir, *, fork_from: Path | None = None, keep_iters=
                 if counts["nonfinite_skipped"] > s.max_nonfinite_skips:
                     bar.close()
                     hook.remove()
+                    if log is not None:
+                        log.close()
                     _fail(out, it, "non-finite loss", terms)
                 optimizer.zero_grad(set_to_none=True)
                 bar.update(1)
@@ -383,7 +387,7 @@ def train(cfg: RunConfig, out_dir, *, fork_from: Path | None = None, keep_iters=
                     if device.type == "cuda":
                         row["max_mem_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
                     if is_main:
-                        append_jsonl(out / "metrics.jsonl", row)
+                        log.write(row)
                     bar.set_postfix(loss=f"{row['loss']:.3f}", lr=f"{lr:.2g}", img_s=f"{row['img_per_s']:.1f}")
                     loss_sums = {}
                     period_iters, period_images, period_start = 0, 0, time.perf_counter()
@@ -400,7 +404,7 @@ def train(cfg: RunConfig, out_dir, *, fork_from: Path | None = None, keep_iters=
                 if best is None or metrics["bbox/AP"] > best["bbox/AP"]:
                     best, best_iter = metrics, done
                 if is_main:
-                    append_jsonl(out / "metrics.jsonl", {"type": "eval", "iter": done, **result})
+                    log.write({"type": "eval", "iter": done, **result})
                     bar.write(f"{out.name} iter {done}: bbox/AP {metrics['bbox/AP']:.2f}")
                 period_start = time.perf_counter()  # evaluation time is not training throughput
 
@@ -411,11 +415,15 @@ def train(cfg: RunConfig, out_dir, *, fork_from: Path | None = None, keep_iters=
             if stop and done < max_iter:
                 bar.close()
                 hook.remove()
+                if log is not None:
+                    log.close()
                 signals.hand_over()  # under submitit on SIGUSR2: requeued, resumes from the checkpoint just saved
                 raise Interrupted(f"{out}: stopped by {signals.stop or 'a signal to another process'} at iteration "
                                   f"{done}; checkpoint saved, run the same command to resume")
     bar.close()
     hook.remove()
+    if log is not None:
+        log.close()
 
     final_counts = global_counts()
     last_eval = [r for r in read_jsonl(out / "metrics.jsonl") if r.get("type") == "eval"] if is_main else []
