@@ -42,7 +42,7 @@ def main():
     work = Path(tempfile.mkdtemp(prefix="bench_study_"))
     data = Path(args.data) if args.data else work / "benchmark"
     if not args.data:
-        from rethink.synth import write_benchmark
+        from rethink.data.synth import write_benchmark
 
         write_benchmark(data, seed=0, scale="demo", progress=False)
     runs, pretrain = data_overrides(data)

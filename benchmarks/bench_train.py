@@ -122,7 +122,7 @@ def main():
     workdir = Path(tempfile.mkdtemp(prefix="bench_train_"))
     data = Path(args.data) if args.data else workdir / "benchmark"
     if not args.data:
-        from rethink.synth import write_benchmark
+        from rethink.data.synth import write_benchmark
 
         write_benchmark(data, seed=0, scale="demo", progress=False)
     overrides = data_overrides(data) + [f"threads={args.threads}"]

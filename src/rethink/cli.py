@@ -214,7 +214,7 @@ def cmd_check_data(args) -> int:
 
 
 def cmd_data(args) -> int:
-    from rethink.synth import write_benchmark
+    from rethink.data.synth import write_benchmark
 
     _writable_dir(args.out)
     manifest = write_benchmark(Path(args.out), seed=args.seed, scale=args.scale)

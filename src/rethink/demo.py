@@ -1,7 +1,7 @@
 """`rethink demo`: the whole paper on a laptop CPU, offline: benchmark -> pre-training -> study -> report.
 
 Steps, each skipped when already done (the same command resumes after an interruption):
-  1. generate the bundled benchmark (rethink.synth) into OUT/benchmark;
+  1. generate the bundled benchmark (rethink.data.synth) into OUT/benchmark;
   2. the demo study (the bundled studies/demo.yaml): its pre-training step on the benchmark's source set, then
      random vs pretrained init over schedules and training-set sizes on the target set;
   3. the report in OUT/study/report/index.html.
@@ -63,7 +63,7 @@ def study_over_seeds(study_file: Path, seeds: int, out: Path) -> Path:
 
 def run_demo(out: Path, quick: bool = False, jobs: int | None = None, seeds: int = 1) -> int:
     from rethink.study.run import run_study
-    from rethink.synth import write_benchmark
+    from rethink.data.synth import write_benchmark
 
     if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
         raise UserError(f"--seeds: must be a positive integer, got {seeds!r}")

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 from pycocotools import mask as mask_utils
 
-from rethink import synth
+from rethink.data import synth
 from rethink.errors import UserError
 
 TINY = synth.SCALES["tiny"]
