@@ -28,7 +28,8 @@ import torch
 from torchvision import transforms as T
 from torchvision.datasets import ImageFolder
 
-from rethink.engine.pretrain import REFERENCE_BATCH, ImageSet, cosine_lr, load_pretrain_config, pretrain
+from rethink.config import load_pretrain_config
+from rethink.engine.pretrain import REFERENCE_BATCH, ImageSet, cosine_lr, pretrain
 from rethink.fileio import read_jsonl
 from rethink.models import backbone as bb
 from rethink.models.detector import IMAGE_MEAN, IMAGE_STD

@@ -8,7 +8,7 @@ import rethink
 from conftest import tiny_config_dict
 from rethink.config import RunConfig, config_from_dict, dump_yaml, load_config, to_dict
 from rethink.configs import bundled_dir, bundled_names, find_config
-from rethink.engine.pretrain import load_pretrain_config
+from rethink.config import load_pretrain_config
 from rethink.study.plan import load_study
 from rethink.errors import UserError
 

@@ -223,7 +223,8 @@ def cmd_data(args) -> int:
 
 
 def cmd_pretrain(args) -> int:
-    from rethink.engine.pretrain import load_pretrain_config, pretrain
+    from rethink.config import load_pretrain_config
+    from rethink.engine.pretrain import pretrain
 
     _writable_dir(args.out)
     record = pretrain(load_pretrain_config(_config_path(args.config), args.overrides), Path(args.out),

@@ -125,12 +125,11 @@ def _convert(value, tp, key: str):
             raise UserError(f"{key}: expected a mapping of {tp.__name__} keys, got {type(value).__name__}")
         return _from_dict(tp, value, key)
     if origin in (typing.Union, types.UnionType):
-        errors = []
         for option in typing.get_args(tp):
             try:
                 return _convert(value, option, key)
-            except UserError as e:
-                errors.append(str(e))
+            except UserError:
+                pass
         names = " or ".join(_type_name(t) for t in typing.get_args(tp))
         raise UserError(f"{key}: expected {names}, got {value!r}")
     if origin is tuple:
@@ -248,18 +247,23 @@ def get_key(data: dict, key: str):
     return node
 
 
-def config_from_dict(data: dict, overrides=(), source: str = "config") -> "RunConfig":
-    data = _deepcopy(data)
-    for item in overrides:
-        key, value = parse_override(item) if isinstance(item, str) else item
-        set_key(data, key, value)
-    cfg = _from_dict(RunConfig, data)
+def config_from_dict(data: dict, overrides=()) -> "RunConfig":
+    cfg = _from_dict(RunConfig, _with_overrides(data, overrides))
     validate(cfg)
     return cfg
 
 
 def load_config(path, overrides=()) -> "RunConfig":
-    return config_from_dict(read_yaml(path), overrides, source=str(path))
+    return config_from_dict(read_yaml(path), overrides)
+
+
+def _with_overrides(data: dict, overrides) -> dict:
+    """A copy of `data` with `--set` items (KEY=VALUE strings or (key, value) pairs) applied."""
+    data = _deepcopy(data)
+    for item in overrides:
+        key, value = parse_override(item) if isinstance(item, str) else item
+        set_key(data, key, value)
+    return data
 
 
 def _deepcopy(data):
@@ -272,7 +276,20 @@ def _deepcopy(data):
 
 def validate(cfg: RunConfig) -> None:
     """Impossible values fail here, with the key path, before anything is built or trained."""
-    m, d, s = cfg.model, cfg.data, cfg.solver
+    _check_model(cfg.model)
+    _check_data(cfg.data)
+    _check_solver(cfg.solver)
+    if not cfg.init:
+        raise UserError("init: must be random, imagenet, or a path to backbone weights")
+    if cfg.imagenet_weights and not cfg.imagenet_weights.startswith(("timm:", "torchvision:")):
+        raise UserError(f"imagenet_weights: '{cfg.imagenet_weights}' must be timm:<model name> or "
+                        "torchvision:<weights>, e.g. torchvision:ResNet50_Weights.IMAGENET1K_V2 (a file: init=PATH)")
+    if cfg.keep_checkpoints < 1:
+        raise UserError("keep_checkpoints: must be >= 1 (the last checkpoint is what a resume starts from)")
+    check_run_settings(cfg)
+
+
+def _check_model(m: ModelConfig) -> None:
     if m.detector not in DETECTORS:
         raise UserError(f"model.detector: '{m.detector}' is not one of {', '.join(DETECTORS)}")
     if m.norm not in NORMS:
@@ -285,11 +302,7 @@ def validate(cfg: RunConfig) -> None:
         raise UserError("model.backbone: 'timm:' needs a model name, e.g. timm:resnet50")
     if not 0 <= m.freeze_at <= 5:
         raise UserError(f"model.freeze_at: {m.freeze_at} must be between 0 (nothing frozen) and 5")
-    if m.backbone == "tiny":
-        if len(m.tiny_widths) != 4 or len(m.tiny_depths) != 4:
-            raise UserError("model.tiny_widths / model.tiny_depths: need 4 values each (res2..res5)")
-        if any(w <= 0 for w in m.tiny_widths) or any(n <= 0 for n in m.tiny_depths):
-            raise UserError("model.tiny_widths / model.tiny_depths: values must be positive")
+    check_tiny_backbone(m)
     if len(m.anchor_sizes) != 5:
         raise UserError(f"model.anchor_sizes: need 5 sizes (one per FPN level P2..P6), got {len(m.anchor_sizes)}")
     for name in ("fpn_channels", "box_head_conv_dim", "box_head_fc_dim", "mask_head_conv_dim", "gn_groups",
@@ -303,6 +316,8 @@ def validate(cfg: RunConfig) -> None:
     if not 0 <= m.box_score_thresh < 1:
         raise UserError(f"model.box_score_thresh: {m.box_score_thresh} must be in [0, 1)")
 
+
+def _check_data(d: DataConfig) -> None:
     for split in ("train", "val"):
         sc = getattr(d, split)
         if not sc.images or not sc.annotations:
@@ -314,13 +329,10 @@ def validate(cfg: RunConfig) -> None:
             raise UserError(f"{key}: {value} must be a positive number of images (or `full`)")
     if not d.min_size_train or any(v <= 0 for v in d.min_size_train) or d.min_size_test <= 0 or d.max_size <= 0:
         raise UserError("data.min_size_train / min_size_test / max_size: sizes must be positive")
-    if not 0 <= d.hflip_prob <= 1:
-        raise UserError(f"data.hflip_prob: {d.hflip_prob} must be in [0, 1]")
-    if d.num_workers < 0:
-        raise UserError(f"data.num_workers: {d.num_workers} must be >= 0")
-    if d.cache_images not in ("auto", "yes", "no", True, False):  # YAML reads a bare yes/no as a bool
-        raise UserError(f"data.cache_images: '{d.cache_images}' must be auto, yes or no")
+    check_loading(d)
 
+
+def _check_solver(s: SolverConfig) -> None:
     factor = sched.parse_schedule(s.schedule)
     if s.iters_1x <= 0:
         raise UserError(f"solver.iters_1x: {s.iters_1x} must be positive")
@@ -333,19 +345,26 @@ def validate(cfg: RunConfig) -> None:
         raise UserError("solver.max_nonfinite_skips: must be >= 0")
     sched.check_schedule(factor, s.iters_1x, s.warmup_iters)
 
-    if not cfg.init:
-        raise UserError("init: must be random, imagenet, or a path to backbone weights")
-    if cfg.imagenet_weights and not cfg.imagenet_weights.startswith(("timm:", "torchvision:")):
-        raise UserError(f"imagenet_weights: '{cfg.imagenet_weights}' must be timm:<model name> or "
-                        "torchvision:<weights>, e.g. torchvision:ResNet50_Weights.IMAGENET1K_V2 (a file: init=PATH)")
-    if cfg.eval_period < 0 or cfg.log_period <= 0 or cfg.checkpoint_period <= 0:
-        raise UserError("eval_period must be >= 0, log_period and checkpoint_period > 0")
-    if cfg.keep_checkpoints < 1:
-        raise UserError("keep_checkpoints: must be >= 1 (the last checkpoint is what a resume starts from)")
-    if cfg.device not in ("auto", "cpu", "cuda"):
-        raise UserError(f"device: '{cfg.device}' must be auto, cpu or cuda")
-    if cfg.threads < 0:
-        raise UserError("threads: must be >= 0")
+
+# The rules detection and pre-training configs share, checked by the same functions.
+
+
+def check_tiny_backbone(m) -> None:
+    if m.backbone == "tiny":
+        if len(m.tiny_widths) != 4 or len(m.tiny_depths) != 4:
+            raise UserError("model.tiny_widths / model.tiny_depths: need 4 values each (res2..res5)")
+        if any(w <= 0 for w in m.tiny_widths) or any(n <= 0 for n in m.tiny_depths):
+            raise UserError("model.tiny_widths / model.tiny_depths: values must be positive")
+
+
+def check_loading(d) -> None:
+    """Flip, workers and the image cache: data keys of both config kinds."""
+    if not 0 <= d.hflip_prob <= 1:
+        raise UserError(f"data.hflip_prob: {d.hflip_prob} must be in [0, 1]")
+    if d.num_workers < 0:
+        raise UserError(f"data.num_workers: {d.num_workers} must be >= 0")
+    if d.cache_images not in ("auto", "yes", "no", True, False):  # YAML reads a bare yes/no as a bool
+        raise UserError(f"data.cache_images: '{d.cache_images}' must be auto, yes or no")
 
 
 def check_sgd(s) -> None:
@@ -358,6 +377,130 @@ def check_sgd(s) -> None:
         raise UserError(f"solver.momentum: {s.momentum} must be in [0, 1)")
     if s.weight_decay < 0 or s.weight_decay_norm < 0:
         raise UserError("solver.weight_decay / weight_decay_norm: must be >= 0")
+
+
+def check_run_settings(cfg) -> None:
+    """Seed, periods, device and threads: the top-level keys of both config kinds."""
+    if cfg.seed < 0:
+        raise UserError(f"seed: {cfg.seed} must be >= 0")
+    if cfg.eval_period < 0 or cfg.log_period <= 0 or cfg.checkpoint_period <= 0:
+        raise UserError("eval_period must be >= 0, log_period and checkpoint_period > 0")
+    if cfg.device not in ("auto", "cpu", "cuda"):
+        raise UserError(f"device: '{cfg.device}' must be auto, cpu or cuda")
+    if cfg.threads < 0:
+        raise UserError("threads: must be >= 0")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# backbone pre-training (`rethink pretrain`): its own config kind, validated by the shared rules above
+
+
+@dataclass(frozen=True)
+class PretrainModelConfig:
+    backbone: str = "tiny"  # tiny | resnet18/34/50/101 (the detector's backbone names)
+    norm: str = "gn"  # gn | bn; fine-tune with the same norm for a clean transfer
+    gn_groups: int = 32  # upper bound, as model.gn_groups of a detection config
+    tiny_widths: tuple[int, ...] = (16, 32, 64, 128)  # `tiny` backbone: channels of res2..res5
+    tiny_depths: tuple[int, ...] = (1, 1, 1, 1)  # `tiny` backbone: BasicBlocks per stage
+
+
+@dataclass(frozen=True)
+class PretrainDataConfig:
+    train: str = ""  # ImageFolder root: train/<class>/<image>
+    val: str = ""  # ImageFolder root with the same class folders
+    image_size: int = 32  # every image becomes image_size x image_size (shorter side resized, centre crop)
+    crop_padding: int = 4  # random crop of image_size from the image padded by this many black pixels per side
+    hflip_prob: float = 0.5
+    num_workers: int = 0  # DataLoader workers, used when images are read from disk per batch
+    # auto | yes | no: decode all images once into memory (auto: if they fit in 4 GiB). YAML reads a bare yes/no as
+    # true/false, so booleans are accepted too and stored as yes/no.
+    cache_images: str | bool = "auto"
+
+
+@dataclass(frozen=True)
+class PretrainSolverConfig:
+    iters: int = 1000
+    batch_size: int = 256
+    base_lr: float = 0.1  # for a batch of 256; scaled linearly to batch_size
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    weight_decay_norm: float = 0.0  # norm layers and biases
+    warmup_iters: int = 100  # linear from ~0 to the full LR, then cosine to 0 at the last iteration
+    label_smoothing: float = 0.0
+    amp: bool = True  # mixed precision on CUDA; ignored on CPU
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    model: PretrainModelConfig = field(default_factory=PretrainModelConfig)
+    data: PretrainDataConfig = field(default_factory=PretrainDataConfig)
+    solver: PretrainSolverConfig = field(default_factory=PretrainSolverConfig)
+    seed: int = 0
+    eval_period: int = 0  # evaluate on val every N iterations (0: only at the end)
+    log_period: int = 20
+    checkpoint_period: int = 500
+    device: str = "auto"  # auto | cpu | cuda
+    threads: int = 0  # torch intra-op threads (0: torch's default)
+    deterministic: bool = False  # bitwise-reproducible runs (resume gives exactly the uninterrupted result)
+
+
+PRETRAIN_BACKBONES = ("tiny",) + TORCHVISION_RESNETS
+# GN and BN train from scratch in one process; frozen_bn cannot train, syncbn needs several processes.
+PRETRAIN_NORMS = ("gn", "bn")
+
+
+def load_pretrain_config(path, overrides=()) -> PretrainConfig:
+    """Read a pre-training YAML, apply `--set key=value` overrides, check types and values.
+
+    Relative data paths are taken from the current directory and recorded absolute, so a run directory says
+    exactly which images it was trained on.
+    """
+    return pretrain_config_from_dict(read_yaml(path), overrides)
+
+
+def pretrain_config_from_dict(data: dict, overrides=()) -> PretrainConfig:
+    cfg = _from_dict(PretrainConfig, _with_overrides(data, overrides))
+    validate_pretrain(cfg)
+    data_fields = {k: str(Path(getattr(cfg.data, k)).resolve()) for k in ("train", "val")}
+    if isinstance(cfg.data.cache_images, bool):
+        data_fields["cache_images"] = "yes" if cfg.data.cache_images else "no"
+    return dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, **data_fields))
+
+
+def validate_pretrain(cfg: PretrainConfig) -> None:
+    """Impossible values fail here, with the key path, before any image is read."""
+    m, d, s = cfg.model, cfg.data, cfg.solver
+    if m.backbone not in PRETRAIN_BACKBONES:
+        raise UserError(f"model.backbone: '{m.backbone}' is not one of {', '.join(PRETRAIN_BACKBONES)}")
+    if m.norm not in PRETRAIN_NORMS:
+        raise UserError(
+            f"model.norm: '{m.norm}' is not one of {', '.join(PRETRAIN_NORMS)} (frozen_bn cannot learn; for a syncbn "
+            "detector pre-train with bn, whose weights it loads)"
+        )
+    if m.gn_groups <= 0:
+        raise UserError(f"model.gn_groups: {m.gn_groups} must be positive")
+    check_tiny_backbone(m)
+
+    for split in ("train", "val"):
+        if not getattr(d, split):
+            raise UserError(f"data.{split}: needs an ImageFolder root (a folder of one sub-folder per class)")
+    # The stem and the first stages halve the image four times before res5; below 16 px nothing is left to see.
+    if d.image_size < 16:
+        raise UserError(f"data.image_size: {d.image_size} must be at least 16")
+    if not 0 <= d.crop_padding < d.image_size:
+        raise UserError(f"data.crop_padding: {d.crop_padding} must be in [0, data.image_size)")
+    check_loading(d)
+
+    if s.iters <= 0:
+        raise UserError(f"solver.iters: {s.iters} must be positive")
+    check_sgd(s)
+    # A warm-up longer than the run is allowed (the LR then never reaches base_lr): short runs set by --set
+    # solver.iters=N in smoke tests must not need a second override.
+    if s.warmup_iters < 0:
+        raise UserError(f"solver.warmup_iters: {s.warmup_iters} must be >= 0")
+    if not 0 <= s.label_smoothing < 1:
+        raise UserError(f"solver.label_smoothing: {s.label_smoothing} must be in [0, 1)")
+    check_run_settings(cfg)
 
 
 def total_iters(cfg: RunConfig) -> int:

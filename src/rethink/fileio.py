@@ -102,10 +102,15 @@ def read_jsonl(path) -> list:
     return rows
 
 
+def write_jsonl_text(rows) -> str:
+    """The JSON-lines text of `rows`, one sorted-key object per line (what append_jsonl writes)."""
+    return "".join(json.dumps(row, sort_keys=True) + "\n" for row in rows)
+
+
 def append_jsonl(path, obj) -> None:
     # One write call per line, flushed: a crash can at most leave one partial last line, which read_jsonl drops.
     with open(path, "a", encoding="utf-8") as f:
-        f.write(json.dumps(obj, sort_keys=True) + "\n")
+        f.write(write_jsonl_text([obj]))
         f.flush()
 
 

@@ -13,15 +13,8 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from conftest import REPO
-from rethink.config import DataConfig, ModelConfig
-from rethink.engine.pretrain import (
-    augment,
-    cosine_lr,
-    load_pretrain_config,
-    pretrain,
-    pretrain_config_from_dict,
-    read_image,
-)
+from rethink.config import DataConfig, ModelConfig, load_pretrain_config, pretrain_config_from_dict
+from rethink.engine.pretrain import augment, cosine_lr, pretrain, read_image
 from rethink.errors import Interrupted, UserError
 from rethink.fileio import read_jsonl
 from rethink.models.detector import backbone_body, build_detector, init_from_source

@@ -242,7 +242,7 @@ def test_keyed_sampler_follows_torchvisions_rule_with_its_own_generator():
     import numpy as np
     from torchvision.models.detection._utils import BalancedPositiveNegativeSampler
 
-    from rethink.engine.train import ImageKeyedSampler
+    from rethink.data.sampling import ImageKeyedSampler
 
     gen = torch.Generator().manual_seed(0)
     matched = [torch.randint(-1, 4, (500,), generator=gen), torch.tensor([0] * 40 + [2] * 3 + [-1] * 7)]

@@ -154,11 +154,11 @@ def test_imagenet_without_network_says_how_to_pass_a_file(monkeypatch, tmp_path)
 def test_syncbn_on_cpu_is_a_clear_error(tmp_path):
     from conftest import tiny_config_dict
     from rethink.config import config_from_dict
-    from rethink.engine.train import resolve_device
+    from rethink.engine.loop import resolve_device
 
     cfg = config_from_dict(tiny_config_dict(tmp_path), ["model.norm=syncbn", "device=cpu"])
     with pytest.raises(UserError, match="syncbn needs CUDA"):
-        resolve_device(cfg)
+        resolve_device(cfg.device, cfg.model.norm)
 
 
 def test_timm_backbone_with_explicit_norm():

@@ -8,14 +8,15 @@ import torch
 from rethink.config import RunConfig
 from rethink.engine import checkpoint as ckpt
 from rethink.engine.evaluate import evaluate
-from rethink.engine.train import amp_dtype, load_datasets, resolve_device
+from rethink.engine.loop import amp_dtype, resolve_device
+from rethink.engine.train import load_datasets
 from rethink.errors import UserError
 from rethink.models.detector import build_detector
 
 
 def evaluate_weights(cfg: RunConfig, weights: Path, per_category: bool = False,
                      predictions: Path | None = None) -> dict:
-    device = resolve_device(cfg)
+    device = resolve_device(cfg.device, cfg.model.norm)
     _, val_set, train_check, val_check = load_datasets(cfg)
     torch.manual_seed(cfg.seed)
     model = build_detector(cfg.model, cfg.data, len(val_set.cat_ids))
@@ -27,4 +28,4 @@ def evaluate_weights(cfg: RunConfig, weights: Path, per_category: bool = False,
         raise UserError(f"{weights}: does not fit the config's model (e.g. {', '.join(keys)})")
     model.to(device)
     return evaluate(model, val_set, val_check.coco, device, batch_size=max(1, cfg.solver.batch_size),
-                    amp_dtype=amp_dtype(cfg, device), per_category=per_category, predictions=predictions)
+                    amp_dtype=amp_dtype(device, cfg.solver.amp), per_category=per_category, predictions=predictions)

@@ -218,7 +218,8 @@ def _wait_job(job, name: str, errors: dict) -> None:
 
 
 def run_pretrain_steps(study: Study, study_dir: Path, overrides=(), progress: bool = True) -> None:
-    from rethink.engine.pretrain import load_pretrain_config, pretrain
+    from rethink.config import load_pretrain_config
+    from rethink.engine.pretrain import pretrain
 
     needed = {s.pretrain for s in study.runs if s.pretrain}
     for name in sorted(needed):
