@@ -36,7 +36,7 @@ sys.path.insert(0, str(REPO / "tests" / "report"))
 
 from rethink import schedule as sched  # noqa: E402
 from rethink.errors import UserError  # noqa: E402
-from rethink.report.stats import PRIMARY, RANDOM, load_study  # noqa: E402
+from rethink.report.stats import PRIMARY, RANDOM, load_results  # noqa: E402
 from rethink.study.forecast import forecast_study, truncate_study  # noqa: E402
 
 FRACTIONS = (0.3, 0.4, 0.6)
@@ -261,14 +261,14 @@ def main():
                         for rep in range(args.reps):
                             root = write_planted(tmp / f"{gname}-{truth}-{noise}-{rep}", geometry, truth, noise, rng)
                             source = f"planted {gname} {truth} noise {noise:g}"
-                            for r in backtest(load_study(root), source, args.boot):
+                            for r in backtest(load_results(root), source, args.boot):
                                 rows.append({**r, "source": source})
                 root = write_fixture(tmp / f"fixture-{noise}", noise, rng)
                 source = f"report fixture 2x/4x/8x x3 sizes x3 seeds noise {noise:g}"
-                for r in backtest(load_study(root), source, args.boot):
+                for r in backtest(load_results(root), source, args.boot):
                     rows.append({**r, "source": source})
         for path in args.study:
-            study = load_study(Path(path))
+            study = load_results(Path(path))
             source = f"study {path}"
             for r in backtest(study, source, args.boot):
                 rows.append({**r, "source": source})

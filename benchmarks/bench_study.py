@@ -20,7 +20,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
 from rethink.demo import QUICK_PRETRAIN_OVERRIDES, data_overrides  # noqa: E402
-from rethink.study.plan import load_study, plan_summary  # noqa: E402
+from rethink.study.plan import load_plan, plan_summary  # noqa: E402
 from rethink.study.run import run_study  # noqa: E402
 
 QUICK_RUNS = ["solver.iters_1x=60", "solver.warmup_iters=5", "eval_period=30", "log_period=10",
@@ -28,7 +28,7 @@ QUICK_RUNS = ["solver.iters_1x=60", "solver.warmup_iters=5", "eval_period=30", "
 
 
 def planned(path: Path, overrides=()) -> dict:
-    s = plan_summary(load_study(path, overrides))
+    s = plan_summary(load_plan(path, overrides))
     return {k: s[k] for k in ("iterations_planned", "iterations_naive", "evaluations_planned", "evaluations_naive")}
 
 

@@ -9,7 +9,7 @@ from conftest import tiny_config_dict
 from rethink.config import RunConfig, config_from_dict, dump_yaml, load_config, to_dict
 from rethink.configs import bundled_dir, bundled_names, find_config
 from rethink.config import load_pretrain_config
-from rethink.study.plan import load_study
+from rethink.study.plan import load_plan
 from rethink.errors import UserError
 
 
@@ -84,7 +84,7 @@ def test_bundled_configs_are_found_by_name_from_any_folder(tmp_path, monkeypatch
     assert found.parent.parent == Path(rethink.__file__).parent / "configs"
     for name in bundled_names():
         if name.startswith("studies/"):
-            study = load_study(find_config(name))
+            study = load_plan(find_config(name))
             assert study.runs
         elif name.endswith("pretrain.yaml"):
             assert load_pretrain_config(find_config(name)).solver.iters > 0

@@ -7,13 +7,13 @@ from pathlib import Path
 
 from rethink.configs import bundled_dir
 from rethink.demo import study_over_seeds
-from rethink.study.plan import load_study
+from rethink.study.plan import load_plan
 
 
 def test_seeds_study_is_the_demo_over_n_seeds(tmp_path):
-    demo = load_study(bundled_dir() / "studies" / "demo.yaml")
+    demo = load_plan(bundled_dir() / "studies" / "demo.yaml")
     path = study_over_seeds(bundled_dir() / "studies" / "demo.yaml", 3, tmp_path)
-    seeds3 = load_study(path)
+    seeds3 = load_plan(path)
     assert {r.seed for r in demo.runs} == {0}
     assert {r.seed for r in seeds3.runs} == {0, 1, 2}
     assert len(seeds3.runs) == 3 * len(demo.runs)

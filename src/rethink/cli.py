@@ -32,7 +32,13 @@ def build_parser() -> argparse.ArgumentParser:
                                      "Train the same detector from random and pretrained init and compare.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
+    _add_run_commands(sub)
+    _add_study_commands(sub)
+    return parser
 
+
+def _add_run_commands(sub) -> None:
+    """One run's commands: train, eval, check-data, data synth, pretrain."""
     p = sub.add_parser("train", help="train one detector (resumes an unfinished run in --out)")
     p.add_argument("config")
     p.add_argument("--out", required=True)
@@ -68,6 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true")
     _add_overrides(p)
 
+
+def _add_study_commands(sub) -> None:
+    """A study's commands: plan, study, status, report, forecast, and the demo."""
     p = sub.add_parser("plan", help="print the runs of a study, its forks and the iterations saved")
     p.add_argument("study")
     p.add_argument("--json", action="store_true")
@@ -104,7 +113,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/demo")
     p.add_argument("--quick", action="store_true", help="a much shorter version (checks the pipeline)")
     p.add_argument("--seeds", type=int, default=1, help="run the study over seeds 0..N-1 (paired 95%% intervals)")
-    return parser
 
 
 def _config_path(text: str) -> Path:
@@ -158,15 +166,11 @@ def _load(args):
 def cmd_train(args) -> int:
     _writable_dir(args.out)
     if args.nproc > 1:
-        from rethink.engine.launch import run_torchrun
+        from rethink.engine.launch import run_torchrun, train_argv
 
-        argv = ["train", str(_config_path(args.config)), "--out", args.out] + [a for o in args.overrides for a in ("--set", o)]
-        if args.fork_from:
-            argv += ["--fork-from", args.fork_from]
-        if args.keep_iters:
-            argv += ["--keep-iters", args.keep_iters]
-        if args.no_progress:
-            argv.append("--no-progress")
+        keep = [k for k in args.keep_iters.split(",") if k]
+        argv = train_argv(_config_path(args.config), args.out, args.overrides, args.fork_from, keep,
+                          progress=not args.no_progress)
         return run_torchrun(args.nproc, argv)
     from rethink.engine.train import train
 
@@ -235,9 +239,9 @@ def cmd_pretrain(args) -> int:
 
 
 def cmd_plan(args) -> int:
-    from rethink.study.plan import load_study, plan_summary, print_plan
+    from rethink.study.plan import load_plan, plan_summary, print_plan
 
-    study = load_study(_config_path(args.study), args.overrides)
+    study = load_plan(_config_path(args.study), args.overrides)
     summary = plan_summary(study, img_per_s=args.img_per_s)
     if args.json:
         print(json.dumps(summary, indent=2))
@@ -271,12 +275,12 @@ def cmd_report(args) -> int:
 
 
 def cmd_forecast(args) -> int:
-    from rethink.report.stats import load_study
+    from rethink.report.stats import load_results
     from rethink.report.words import fmt_ap
     from rethink.study.forecast import forecast_study, parse_schedules
 
     factors = parse_schedules(args.schedules) if args.schedules else None
-    result = forecast_study(load_study(Path(args.dir)), factors)
+    result = forecast_study(load_results(Path(args.dir)), factors)
     if args.json:
         print(json.dumps({k: result[k] for k in ("cells", "catch_up", "arms", "margin_ap", "interval")}, indent=1))
         return 0

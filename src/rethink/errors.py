@@ -11,3 +11,9 @@ class RunFailed(Exception):
 
 class Interrupted(Exception):
     """SIGINT/SIGTERM: a checkpoint was saved and the work stopped; the same command resumes it."""
+
+
+def reason(exc: BaseException, limit: int = 160) -> str:
+    """The first line of an exception's message, for a one-line error (its type when the message is empty)."""
+    lines = str(exc).strip().splitlines()
+    return lines[0][:limit] if lines else type(exc).__name__

@@ -26,7 +26,7 @@ def test_wheel_ships_the_configs_and_finds_them_from_any_folder(tmp_path):
     # the unpacked wheel first on the path (ahead of this checkout's editable install), run from another folder:
     # bundled names resolve inside it
     code = ("import rethink.configs as c, rethink.study.plan as p; f = c.find_config('studies/demo_quick.yaml'); "
-            "print(f); print(len(p.load_study(f).runs))")
+            "print(f); print(len(p.load_plan(f).runs))")
     out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True,
                          env={"PYTHONPATH": str(tmp_path / "site"), "PATH": "/usr/bin:/bin"})
     assert out.returncode == 0, out.stderr[-2000:]

@@ -12,7 +12,7 @@ from rethink.report import stats, words
 
 
 def summary_of(path):
-    return stats.summarize(stats.load_study(path))
+    return stats.summarize(stats.load_results(path))
 
 
 @pytest.fixture(scope="module")
@@ -328,18 +328,18 @@ def test_other_axis_values_get_their_own_cells_and_verdicts(tmp_path):
 
 def test_missing_study_json_and_default_margin(tmp_path):
     with pytest.raises(UserError, match="no study.json"):
-        stats.load_study(tmp_path)
+        stats.load_results(tmp_path)
     path = make_study(tmp_path / "s", sizes=("full",), schedules=("2x",), seeds=(0,), margin_ap=None)
-    assert stats.load_study(path).margin_ap == 1.0
+    assert stats.load_results(path).margin_ap == 1.0
 
 
 def test_partial_last_metrics_line_is_ignored(tmp_path):
     path = make_study(tmp_path, sizes=("full",), schedules=("2x",), seeds=(0,))
     metrics = path / "runs" / run_name("random", "2x", "full", 0) / "metrics.jsonl"
-    before = stats.load_study(path).runs[0].evals
+    before = stats.load_results(path).runs[0].evals
     with open(metrics, "a") as f:
         f.write('{"type": "eval", "iter": 99999, "bbox/A')  # a write cut short by a kill
-    after = stats.load_study(path).runs[0].evals
+    after = stats.load_results(path).runs[0].evals
     assert after == before
 
 

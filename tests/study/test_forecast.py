@@ -10,7 +10,7 @@ import pytest
 
 from rethink import schedule as sched
 from rethink.errors import UserError
-from rethink.report.stats import load_study
+from rethink.report.stats import load_results
 from rethink.study.forecast import (curve_value, fit_curve, forecast_curves, forecast_study, parse_schedules,
                                     truncate_study)
 
@@ -106,7 +106,7 @@ def test_fit_curve_recovers_planted_parameters(family, params):
 
 
 def test_forecast_recovers_planted_curves_and_jumps(tmp_path):
-    result = forecast_study(load_study(write_planted(tmp_path)))
+    result = forecast_study(load_results(write_planted(tmp_path)))
     for arm in result["arms"]:
         planted = PLANTED[arm["init"]]
         best = max(arm["fits"], key=lambda f: f["weight"])
@@ -125,7 +125,7 @@ def test_forecast_recovers_planted_curves_and_jumps(tmp_path):
 
 @pytest.mark.parametrize("fraction", [0.3, 0.4, 0.6])
 def test_cut_curve_forecasts_the_planted_final_inside_its_interval(tmp_path, fraction):
-    study = load_study(write_planted(tmp_path, noise=0.3))
+    study = load_results(write_planted(tmp_path, noise=0.3))
     cut = int(fraction * sched.total_iters(8.0, ITERS_1X))
     result = forecast_study(truncate_study(study, {("full", "{}"): cut}))
     for init in PLANTED:
@@ -139,7 +139,7 @@ def test_cut_curve_forecasts_the_planted_final_inside_its_interval(tmp_path, fra
 
 def test_catch_up_schedule_matches_the_planted_curves(tmp_path):
     margin = 1.0
-    result = forecast_study(load_study(write_planted(tmp_path, margin=margin)), factors=range(2, 31))
+    result = forecast_study(load_results(write_planted(tmp_path, margin=margin)), factors=range(2, 31))
     best_pretrained, expected = -math.inf, None
     for factor in range(2, 31):
         best_pretrained = max(best_pretrained, planted_final("pretrain", factor))
@@ -151,13 +151,13 @@ def test_catch_up_schedule_matches_the_planted_curves(tmp_path):
     assert entry["schedule"] == f"{expected}x"
     assert entry["probability"] > 0.5
     # with a horizon short of it the answer is "beyond the horizon", with a low probability
-    short = forecast_study(load_study(tmp_path), factors=[2, 8, expected - 2])
+    short = forecast_study(load_results(tmp_path), factors=[2, 8, expected - 2])
     assert short["catch_up"][0]["schedule"] is None and short["catch_up"][0]["probability"] < 0.5
 
 
 def test_catch_up_follows_the_verdicts_rule_on_the_report_fixture(tmp_path):
     # the report fixture's construction: random within the 1 AP margin at 4x with the full set, never at 500
-    result = forecast_study(load_study(make_study(tmp_path, schedules=("2x", "4x"), sizes=(500, "full"))))
+    result = forecast_study(load_results(make_study(tmp_path, schedules=("2x", "4x"), sizes=(500, "full"))))
     by_size = {c["train_size"]: c for c in result["catch_up"]}
     assert by_size["full"]["schedule"] == "4x" and by_size["full"]["probability"] == 1.0
     assert by_size[500]["schedule"] is None and by_size[500]["probability"] == 0.0
@@ -165,7 +165,7 @@ def test_catch_up_follows_the_verdicts_rule_on_the_report_fixture(tmp_path):
 
 
 def test_forecast_curves_extend_beyond_what_was_run(tmp_path):
-    study = load_study(write_planted(tmp_path, states={"random_8x_full_s0": "running",
+    study = load_results(write_planted(tmp_path, states={"random_8x_full_s0": "running",
                                                        "pretrain_8x_full_s0": "running"}))
     curves = forecast_curves(study)
     assert {c["init"] for c in curves} == {"random", "pretrain"}
@@ -189,7 +189,7 @@ def test_no_curves_yet(tmp_path):
     write_planted(tmp_path, states={n: "pending" for n in ("random_2x_full_s0", "random_8x_full_s0",
                                                          "pretrain_2x_full_s0", "pretrain_8x_full_s0")})
     with pytest.raises(UserError, match="no run has an evaluation yet"):
-        forecast_study(load_study(tmp_path))
+        forecast_study(load_results(tmp_path))
     proc = run_cli("forecast", tmp_path)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.strip().count("\n") == 0 and "no run has an evaluation yet" in proc.stderr
@@ -197,20 +197,20 @@ def test_no_curves_yet(tmp_path):
 
 def test_too_few_evaluations_to_fit(tmp_path):
     # evaluations every 150 iterations: at most 3 before the 8x trunk's first drop at 2200 once cut at 450
-    study = load_study(write_planted(tmp_path, eval_every=150))
+    study = load_results(write_planted(tmp_path, eval_every=150))
     with pytest.raises(UserError, match="too few evaluations to fit"):
         forecast_study(truncate_study(study, {("full", "{}"): 450}))
 
 
 def test_no_finished_run_to_learn_the_jump(tmp_path):
-    study = load_study(write_planted(tmp_path))
+    study = load_results(write_planted(tmp_path))
     with pytest.raises(UserError, match="no run has finished yet"):
         forecast_study(truncate_study(study, {("full", "{}"): 500}))
 
 
 def test_arm_without_enough_points_gets_a_note_not_a_number(tmp_path):
     write_planted(tmp_path / "a")
-    study = load_study(tmp_path / "a")
+    study = load_results(tmp_path / "a")
     # only the random arm is cut short: it has 2 evaluations left, the pretrained arm keeps its curve
     runs = [r if r.init != "random" else type(r)(**{**r.__dict__, "evals": r.evals[:2], "state": "running",
                                                      "final": None}) for r in study.runs]

@@ -14,7 +14,7 @@ from rethink.engine.train import train
 from rethink.errors import UserError
 from rethink.fileio import read_json, read_jsonl
 from rethink.models import backbone as bb
-from rethink.study.plan import load_study, plan_summary
+from rethink.study.plan import load_plan, plan_summary
 from rethink.study.run import run_study
 from rethink.study.store import StudyLock
 
@@ -51,7 +51,7 @@ def tiny_study(coco_data, tmp_path_factory):
 
 def test_plan_shares_trunks(tiny_study):
     path, _, _ = tiny_study
-    summary = plan_summary(load_study(path))
+    summary = plan_summary(load_plan(path))
     assert len(summary["runs"]) == 8
     forks = [r for r in summary["runs"] if r["trunk"]]
     assert len(forks) == 4 and all(r["schedule"] == "1x" and r["fork_iter"] == 8 for r in forks)
@@ -125,18 +125,18 @@ def test_lock_refuses_a_second_study(tiny_study):
 def test_matrix_that_breaks_the_control_is_refused(coco_data, tmp_path):
     path = write_study(tmp_path, coco_data, set={"init": "imagenet"})
     with pytest.raises(UserError, match="set: init is the matrix axis"):
-        load_study(path)
+        load_plan(path)
     study = yaml.safe_load(path.read_text())
     study.pop("set")
     study["matrix"]["init"] = ["imagenet", "other.safetensors"]
     path.write_text(yaml.safe_dump(study))
     with pytest.raises(UserError, match="needs `random`"):
-        load_study(path)
+        load_plan(path)
     study["matrix"]["init"] = ["random", "imagenet"]
     study["matrix"]["model.nrom"] = ["gn"]
     path.write_text(yaml.safe_dump(study))
     with pytest.raises(UserError, match="model.nrom: unknown key"):
-        load_study(path)
+        load_plan(path)
 
 
 STUDY_KILLS = 8
@@ -182,7 +182,7 @@ def test_init_cost_is_checked_and_reaches_the_index(coco_data, tmp_path):
 
     cost = {"weights": {"images_per_epoch": 1000, "epochs": 10, "resolution": 32, "note": "measured elsewhere"}}
     path = write_study(tmp_path, coco_data, report={"margin_ap": 1.0, "init_cost": cost})
-    study = load_study(path)
+    study = load_plan(path)
     assert study.init_cost == cost
     assert write_index(tmp_path / "out", study)["init_cost"] == cost
     for bad, match in (({"imagenet": {"epochs": 90}}, "no pretrained init of the study is called imagenet"),
@@ -190,4 +190,4 @@ def test_init_cost_is_checked_and_reaches_the_index(coco_data, tmp_path):
                        ({"weights": {"days": 3}}, "unknown key days")):
         path = write_study(tmp_path, coco_data, report={"margin_ap": 1.0, "init_cost": bad})
         with pytest.raises(UserError, match=match):
-            load_study(path)
+            load_plan(path)

@@ -136,8 +136,3 @@ def collate(batch):
     # Detection batches are lists: torchvision's models take images of different sizes.
     return tuple(zip(*batch))
 
-
-def resized_pixels(h: int, w: int, min_size: int, max_size: int) -> int:
-    """Pixels the model sees for an image after torchvision's resize (shorter side min_size, longer <= max_size)."""
-    scale = min(min_size / min(h, w), max_size / max(h, w))
-    return int(round(h * scale)) * int(round(w * scale))

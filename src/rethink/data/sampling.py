@@ -97,9 +97,9 @@ class ImageKeyedSampler(BalancedPositiveNegativeSampler):
         for key, matched in zip(self.keys, matched_idxs):
             # The same selection rule as torchvision's sampler (up to batch_size_per_image * positive_fraction
             # positives, negatives fill the rest), drawn from this image's own CPU generator: torchvision's
-            # randperm uses the global RNG, and re-seeding that per image costs ~2 ms a call in a CUDA build
-            # (torch.manual_seed also queues a seed, with a traceback, for the CUDA generators). On a GPU the
-            # draws are then the same as on a CPU.
+            # randperm uses the global RNG, and re-seeding that per image is slow in a CUDA build (torch.manual_seed
+            # also queues a seed, with a traceback, for the CUDA generators; cost in benchmarks/README.md). On a GPU
+            # the draws are then the same as on a CPU.
             generator = image_generator(self.seed, key, self.salt)
             positive = torch.where(matched >= 1)[0]
             negative = torch.where(matched == 0)[0]

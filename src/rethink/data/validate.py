@@ -96,6 +96,21 @@ class DatasetCheck:
         return "\n".join(lines)
 
 
+def _load_coco_json(annotations: Path) -> dict:
+    """The annotation file as JSON, with the three top-level lists a COCO detection file has."""
+    src = str(annotations)
+    coco = _load_json(annotations)
+    if not isinstance(coco, dict):
+        _fail(f"{src}: the top level must be a JSON object with keys 'images', 'annotations', 'categories'; "
+              f"got {_json_type(coco)}")
+    for key in ("images", "annotations", "categories"):
+        if key not in coco:
+            _fail(f"{src}: missing top-level key '{key}' (a COCO file needs 'images', 'annotations', 'categories')")
+        if not isinstance(coco[key], list):
+            _fail(f"{src}: '{key}' must be a list, got {_json_type(coco[key])}")
+    return coco
+
+
 def check_coco(
     images_dir: Path,
     annotations: Path,
@@ -114,15 +129,7 @@ def check_coco(
     src = str(annotations)
     warnings: Counter = Counter()
 
-    coco = _load_json(annotations)
-    if not isinstance(coco, dict):
-        _fail(f"{src}: the top level must be a JSON object with keys 'images', 'annotations', 'categories'; "
-              f"got {_json_type(coco)}")
-    for key in ("images", "annotations", "categories"):
-        if key not in coco:
-            _fail(f"{src}: missing top-level key '{key}' (a COCO file needs 'images', 'annotations', 'categories')")
-        if not isinstance(coco[key], list):
-            _fail(f"{src}: '{key}' must be a list, got {_json_type(coco[key])}")
+    coco = _load_coco_json(annotations)
 
     # Everything inside the JSON is checked before any image file is opened: those checks are fast,
     # and a structural error is better reported before a long scan of the image folder.
@@ -252,6 +259,22 @@ def _label(kind: str, role: str, entry, index: int) -> str:
     return f"{role} {kind}s[{index}]"
 
 
+def _check_entry(entry, index: int, where: str, keys: tuple, kind: str, first_index: dict) -> None:
+    """An entry of a COCO list: an object with `keys`, an integer id not seen before (first_index: id -> position,
+    updated here)."""
+    if not isinstance(entry, dict):
+        _fail(f"{where}: must be an object, got {_json_type(entry)}")
+    for key in keys:
+        if key not in entry:
+            _fail(f"{where}: missing '{key}'")
+    if not _is_int(entry["id"]):
+        _fail(f"{where}: 'id' must be an integer, got {_short(entry['id'])}")
+    if entry["id"] in first_index:
+        plural = "categories" if kind == "category" else kind + "s"
+        _fail(f"{where}: duplicate {kind} id ({plural}[{first_index[entry['id']]}] and {plural}[{index}])")
+    first_index[entry["id"]] = index
+
+
 def _check_categories(categories: list, src: str, role: str, warnings: Counter) -> set[int]:
     if not categories:
         _fail(f"{src}: 'categories' is empty: a detection dataset needs at least one category")
@@ -259,15 +282,7 @@ def _check_categories(categories: list, src: str, role: str, warnings: Counter) 
     names: set[str] = set()
     for index, cat in enumerate(categories):
         where = f"{src}: {_label('category', role, cat, index)}"
-        if not isinstance(cat, dict):
-            _fail(f"{where}: must be an object, got {_json_type(cat)}")
-        if "id" not in cat:
-            _fail(f"{where}: missing 'id'")
-        if not _is_int(cat["id"]):
-            _fail(f"{where}: 'id' must be an integer, got {_short(cat['id'])}")
-        if cat["id"] in first_index:
-            _fail(f"{where}: duplicate category id (categories[{first_index[cat['id']]}] and categories[{index}])")
-        first_index[cat["id"]] = index
+        _check_entry(cat, index, where, ("id",), "category", first_index)
         if "name" not in cat:
             _fail(f"{where}: missing 'name'")
         if not isinstance(cat["name"], str) or not cat["name"].strip():
@@ -286,15 +301,7 @@ def _check_images(images: list, src: str, role: str, warnings: Counter) -> dict[
     file_names: set[str] = set()
     for index, image in enumerate(images):
         where = f"{src}: {_label('image', role, image, index)}"
-        if not isinstance(image, dict):
-            _fail(f"{where}: must be an object, got {_json_type(image)}")
-        for key in ("id", "file_name", "width", "height"):
-            if key not in image:
-                _fail(f"{where}: missing '{key}'")
-        if not _is_int(image["id"]):
-            _fail(f"{where}: 'id' must be an integer, got {_short(image['id'])}")
-        if image["id"] in by_id:
-            _fail(f"{where}: duplicate image id (images[{first_index[image['id']]}] and images[{index}])")
+        _check_entry(image, index, where, ("id", "file_name", "width", "height"), "image", first_index)
         if not isinstance(image["file_name"], str) or not image["file_name"]:
             _fail(f"{where}: 'file_name' must be a non-empty string, got {_short(image['file_name'])}")
         for key in ("width", "height"):
@@ -305,7 +312,6 @@ def _check_images(images: list, src: str, role: str, warnings: Counter) -> dict[
             warnings["duplicate_file_names"] += 1
         file_names.add(image["file_name"])
         by_id[image["id"]] = image
-        first_index[image["id"]] = index
     return by_id
 
 
@@ -325,28 +331,8 @@ def _check_annotations(
     num_crowd = 0
     for index, ann in enumerate(annotations):
         where = f"{src}: {_label('annotation', role, ann, index)}"
-        if not isinstance(ann, dict):
-            _fail(f"{where}: must be an object, got {_json_type(ann)}")
-        for key in ("id", "image_id", "category_id", "bbox"):
-            if key not in ann:
-                _fail(f"{where}: missing '{key}'")
-        if not _is_int(ann["id"]):
-            _fail(f"{where}: 'id' must be an integer, got {_short(ann['id'])}")
-        if ann["id"] in seen:
-            _fail(f"{where}: duplicate annotation id (annotations[{seen[ann['id']]}] and annotations[{index}])")
-        seen[ann["id"]] = index
-
+        image = _check_annotation_ids(ann, index, where, seen, images_by_id, category_ids)
         image_id = ann["image_id"]
-        if not _is_int(image_id):
-            _fail(f"{where}: 'image_id' must be an integer, got {_short(image_id)}")
-        image = images_by_id.get(image_id)
-        if image is None:
-            _fail(f"{where}: image_id {image_id} is not the id of any image in 'images'")
-        if not _is_int(ann["category_id"]):
-            _fail(f"{where}: 'category_id' must be an integer, got {_short(ann['category_id'])}")
-        if ann["category_id"] not in category_ids:
-            _fail(f"{where}: category_id {ann['category_id']} is not the id of any category in 'categories'")
-
         crowd = ann.get("iscrowd", 0)
         if crowd not in (0, 1) or not isinstance(crowd, int):  # bool true/false is accepted as 1/0
             _fail(f"{where}: 'iscrowd' must be 0 or 1, got {_short(crowd)}")
@@ -375,6 +361,22 @@ def _check_annotations(
         else:
             usable.add(image_id)
     return annotated, usable, num_crowd
+
+
+def _check_annotation_ids(ann, index: int, where: str, seen: dict, images_by_id: dict, category_ids: set) -> dict:
+    """An annotation's own id (unique), its image and its category (both existing); returns its image."""
+    _check_entry(ann, index, where, ("id", "image_id", "category_id", "bbox"), "annotation", seen)
+    image_id = ann["image_id"]
+    if not _is_int(image_id):
+        _fail(f"{where}: 'image_id' must be an integer, got {_short(image_id)}")
+    image = images_by_id.get(image_id)
+    if image is None:
+        _fail(f"{where}: image_id {image_id} is not the id of any image in 'images'")
+    if not _is_int(ann["category_id"]):
+        _fail(f"{where}: 'category_id' must be an integer, got {_short(ann['category_id'])}")
+    if ann["category_id"] not in category_ids:
+        _fail(f"{where}: category_id {ann['category_id']} is not the id of any category in 'categories'")
+    return image
 
 
 def _check_bbox(ann: dict, image: dict, where: str, warnings: Counter) -> None:

@@ -9,6 +9,7 @@ points of a study's shorter schedules), plus the final one. Everything else is d
 checkpoint is safely on disk.
 """
 
+import pickle
 import random
 import re
 from pathlib import Path
@@ -16,8 +17,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from rethink.errors import UserError
+from rethink.errors import UserError, reason
 from rethink.fileio import atomic_save_with, check_free_space
+
+# What torch.load(weights_only=True) raises on a damaged or foreign file: refused content (UnpicklingError), a
+# damaged zip archive (RuntimeError), a file cut short (EOFError), and garbage the unpickler chokes on (IndexError,
+# KeyError, UnicodeDecodeError, a ValueError). OSError besides: a missing or unreadable file.
+UNREADABLE = (pickle.UnpicklingError, RuntimeError, EOFError, IndexError, KeyError, ValueError)
 
 _NAME = re.compile(r"^iter_(\d{7,})\.pt$")
 
@@ -109,8 +115,8 @@ def load(path: Path) -> dict:
     try:
         # Our own checkpoints hold only tensors and plain containers, so weights_only=True reads them fully.
         return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise UserError(f"{path}: cannot read checkpoint ({str(e).splitlines()[0][:200]})") from None
+    except (*UNREADABLE, OSError) as e:
+        raise UserError(f"{path}: cannot read checkpoint ({reason(e, 200)})") from None
 
 
 def latest(run_dir: Path) -> tuple[int, Path] | None:

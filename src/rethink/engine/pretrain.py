@@ -40,7 +40,7 @@ from rethink.config import PretrainConfig
 from rethink.data.sampling import InfiniteSampler
 from rethink.engine import checkpoint as ckpt
 from rethink.engine.loop import Periods, amp_dtype, open_run, param_groups, run_loop, setup_device
-from rethink.errors import RunFailed, UserError
+from rethink.errors import RunFailed, UserError, reason
 from rethink.fileio import atomic_save_with, atomic_write_json, atomic_write_text, read_json
 from rethink.models import backbone as bb
 from rethink.models.detector import IMAGE_MEAN, IMAGE_STD
@@ -77,7 +77,7 @@ def read_image(path, size: int) -> np.ndarray:
                 im = im.crop((left, top, left + size, top + size))
             return np.array(im, dtype=np.uint8)  # a writable copy: torch.from_numpy wants one
     except (UnidentifiedImageError, OSError, ValueError) as e:
-        raise UserError(f"{path}: not a readable image ({str(e).splitlines()[0][:160]})") from None
+        raise UserError(f"{path}: not a readable image ({reason(e)})") from None
 
 
 class ImageSet(torch.utils.data.Dataset):
@@ -95,7 +95,7 @@ class ImageSet(torch.utils.data.Dataset):
         try:
             folder = ImageFolder(root, loader=lambda p: p)  # the loader is never called: we decode ourselves
         except (FileNotFoundError, RuntimeError) as e:
-            raise UserError(f"{key}: {root} is not an ImageFolder ({str(e).splitlines()[0][:160]})") from None
+            raise UserError(f"{key}: {root} is not an ImageFolder ({reason(e)})") from None
         if classes is not None and folder.classes != classes:
             extra = sorted(set(folder.classes) ^ set(classes))
             raise UserError(f"{key}: {root} has other class folders than data.train (differ: {', '.join(extra[:5])})")
@@ -136,8 +136,8 @@ def augment(images: torch.Tensor, flips: torch.Tensor, padding: int, generator: 
     """Random crop (from the batch padded by `padding` black pixels) and horizontal flip, on uint8 (N, C, H, W).
 
     torchvision's RandomCrop(padding=p) + RandomHorizontalFlip per image, done as one gather for the whole batch:
-    each output pixel reads padded[row + dy, col + dx] (columns reversed for flipped images). On 2 cores this is
-    ~8x faster than advanced indexing with broadcast row/column grids and ~4x faster than a per-image loop.
+    each output pixel reads padded[row + dy, col + dx] (columns reversed for flipped images): faster than advanced
+    indexing with broadcast row/column grids and than a per-image loop (benchmarks/README.md, design measurements).
     """
     n, c, h, w = images.shape
     padded = F.pad(images, (padding, padding, padding, padding)) if padding else images

@@ -56,13 +56,8 @@ def _finished(out: Path) -> dict | None:
     return None
 
 
-def train(cfg: RunConfig, out_dir, *, fork_from: Path | None = None, keep_iters=(), progress: bool = True) -> dict:
-    """Train (or resume, or skip if finished) the run of `cfg` in `out_dir`; returns final.json's content.
-
-    fork_from: a trunk's checkpoint to start from when this run has no checkpoint of its own yet (a study's
-    shorter schedule, see study.plan). keep_iters: iterations whose checkpoints are always written and kept.
-    """
-    out = Path(out_dir)
+def _setup_process(cfg: RunConfig) -> tuple[torch.device, int, int]:
+    """(device, rank, world_size) of this process; under torchrun the process group is started here."""
     device = setup_device(cfg.device, cfg.model.norm, cfg.threads, cfg.deterministic)
     rank, world_size, _ = distributed.init_from_env(device.type)
     if device.type == "cuda":
@@ -71,22 +66,39 @@ def train(cfg: RunConfig, out_dir, *, fork_from: Path | None = None, keep_iters=
         device = torch.device("cuda", torch.cuda.current_device())
     if cfg.solver.batch_size % world_size:
         raise UserError(f"solver.batch_size: {cfg.solver.batch_size} is not divisible by {world_size} processes")
+    return device, rank, world_size
+
+
+def _build_model(cfg: RunConfig, num_classes: int):
+    """The detector with its init applied: the same seed gives the same random weights in every arm, and init
+    then only touches the backbone."""
+    torch.manual_seed(cfg.seed)
+    model = build_detector(cfg.model, cfg.data, num_classes)
+    init_report = init_from_source(model, cfg.init, cfg.model, cfg.imagenet_weights, cfg.init_allow_bn_stats)
+    set_mode_sizes(model, training=True)
+    return model, init_report
+
+
+def train(cfg: RunConfig, out_dir, *, fork_from: Path | None = None, keep_iters=(), progress: bool = True) -> dict:
+    """Train (or resume, or skip if finished) the run of `cfg` in `out_dir`; returns final.json's content.
+
+    fork_from: a trunk's checkpoint to start from when this run has no checkpoint of its own yet (a study's
+    shorter schedule, see study.plan). keep_iters: iterations whose checkpoints are always written and kept.
+    """
+    out = Path(out_dir)
+    device, rank, world_size = _setup_process(cfg)
     cfgmod.check_run_dir(out, cfg, "a run")
     finished = _finished(out)
     if finished is not None:
         return finished
     train_set, val_set, _, val_check = load_datasets(cfg)
 
-    # Build: the same seed gives the same random weights in every arm; init then only touches the backbone.
-    torch.manual_seed(cfg.seed)
-    model = build_detector(cfg.model, cfg.data, len(train_set.cat_ids))
-    init_report = init_from_source(model, cfg.init, cfg.model, cfg.imagenet_weights, cfg.init_allow_bn_stats)
+    model, init_report = _build_model(cfg, len(train_set.cat_ids))
     # Only now, with data and weights known good, does the run directory come into existence.
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_text(out / "config.yaml", cfgmod.dump_yaml(cfg))
     distributed.barrier()
-    set_mode_sizes(model, training=True)
     model.to(device)
     if cfg.model.norm == "syncbn" and world_size > 1:
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
@@ -99,12 +111,11 @@ def train(cfg: RunConfig, out_dir, *, fork_from: Path | None = None, keep_iters=
     start_iter, state, how = open_run(out, fork_from, is_main=rank == 0)
     if rank == 0:
         atomic_write_json(out / "init.json", init_report)
-        # one line per process that trains this run: where it started (a resume must start at a checkpoint)
-        # world_size too: a run may be resumed with another number of processes (the sample stream, the global
-        # batch and each image's anchor/RoI draws do not depend on it; see InfiniteSampler, ImageKeyedSampler)
+        # one line per training segment: where it started (a resume must start at a checkpoint), and world_size: a
+        # run may be resumed with another number of processes (the sample stream, the global batch and each
+        # image's anchor/RoI draws do not depend on it; see InfiniteSampler, ImageKeyedSampler)
         append_jsonl(out / "segments.jsonl", {"start_iter": start_iter, "resumed": how == "resumed",
-                                              "forked": how == "forked", "world_size": world_size,
-                                              "time": time.time()})
+                                              "forked": how == "forked", "world_size": world_size, "time": time.time()})
     steps = DetectionSteps(cfg, out, model, optimizer, train_set, val_set, val_check.coco, device, start_iter,
                            rank, world_size, state)
     del state

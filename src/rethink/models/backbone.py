@@ -14,7 +14,8 @@ from torch import nn
 from torchvision.models import resnet as tv_resnet
 from torchvision.ops import FrozenBatchNorm2d
 
-from rethink.errors import UserError
+from rethink.engine.checkpoint import UNREADABLE
+from rethink.errors import UserError, reason
 
 NORM_TYPES = (nn.GroupNorm, nn.BatchNorm2d, nn.SyncBatchNorm, FrozenBatchNorm2d)
 
@@ -241,17 +242,17 @@ def read_weights_file(path) -> dict:
         try:
             return load_file(str(path), device="cpu")
         except (SafetensorError, OSError, ValueError) as e:
-            raise UserError(f"{path}: not a readable safetensors file ({str(e).splitlines()[0]})") from None
+            raise UserError(f"{path}: not a readable safetensors file ({reason(e)})") from None
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else "unsupported content"
+        first = reason(e) if str(e).strip() else "unsupported content"
         raise UserError(
             f"{path}: refused to load: the file holds Python objects beyond tensors, and loading it could run code "
-            f"({first[:160]}); convert it to safetensors or a plain state dict"
+            f"({first}); convert it to safetensors or a plain state dict"
         ) from None
-    except (RuntimeError, EOFError, OSError, ValueError) as e:
-        raise UserError(f"{path}: not a readable torch weights file ({str(e).splitlines()[0][:160]})") from None
+    except (*UNREADABLE, OSError) as e:
+        raise UserError(f"{path}: not a readable torch weights file ({reason(e)})") from None
     for key in ("model", "state_dict", "backbone"):
         if isinstance(obj, dict) and key in obj and isinstance(obj[key], dict):
             obj = obj[key]
@@ -325,24 +326,31 @@ def named_weights_state_dict(name: str, hint: str) -> tuple[dict, str]:
     (a torchvision weights enum member, e.g. ResNet50_Weights.IMAGENET1K_V2)."""
     kind, _, weights = name.partition(":")
     if kind == "timm":
-        try:
-            import timm
-
-            model = timm.create_model(weights, pretrained=True)
-        except Exception as e:  # hub errors come in many types; all mean "not available here"
-            raise UserError(f"imagenet_weights: could not get timm weights '{weights}' ({type(e).__name__}); {hint}") from None
-        return model.state_dict(), name
+        return _timm_state(weights, "imagenet_weights", hint), name
     from torchvision.models import get_weight
 
     try:
         weights_enum = get_weight(weights)
     except (KeyError, ValueError, AttributeError):
         raise UserError(f"imagenet_weights: torchvision has no weights '{weights}' (e.g. ResNet50_Weights.IMAGENET1K_V2)") from None
+    return _torchvision_state(weights_enum, "imagenet_weights", hint), name
+
+
+def _timm_state(name: str, key: str, hint: str) -> dict:
     try:
-        state = weights_enum.get_state_dict(progress=False, check_hash=True)
-    except Exception as e:
-        raise UserError(f"imagenet_weights: could not get torchvision weights {weights} ({type(e).__name__}); {hint}") from None
-    return state, name
+        import timm
+
+        model = timm.create_model(name, pretrained=True)
+    except Exception as e:  # hub errors come in many types (network, cache, missing package); all mean "not here"
+        raise UserError(f"{key}: could not get timm weights '{name}' ({type(e).__name__}); {hint}") from None
+    return model.state_dict()
+
+
+def _torchvision_state(weights_enum, key: str, hint: str) -> dict:
+    try:
+        return weights_enum.get_state_dict(progress=False, check_hash=True)
+    except Exception as e:  # download errors come in many types (network, cache, hash); all mean "not here"
+        raise UserError(f"{key}: could not get torchvision weights {weights_enum} ({type(e).__name__}); {hint}") from None
 
 
 def imagenet_state_dict(backbone: str, norm: str, weights: str = "") -> tuple[dict, str]:
@@ -362,13 +370,7 @@ def imagenet_state_dict(backbone: str, norm: str, weights: str = "") -> tuple[di
         raise UserError("init: imagenet has no weights for the `tiny` backbone; pre-train it with `rethink pretrain`")
     if backbone.startswith("timm:"):
         name = backbone[len("timm:"):]
-        try:
-            import timm
-
-            model = timm.create_model(name, pretrained=True)
-        except Exception as e:  # hub errors come in many types; all mean "not available here"
-            raise UserError(f"init: imagenet: could not get timm weights for '{name}' ({type(e).__name__}); {hint}") from None
-        return model.state_dict(), f"timm:{name}"
+        return _timm_state(name, "init: imagenet", hint), f"timm:{name}"
     if norm == "gn":
         timm_names = {"resnet50": "resnet50_gn.a1h_in1k"}
         if backbone not in timm_names:
@@ -376,26 +378,14 @@ def imagenet_state_dict(backbone: str, norm: str, weights: str = "") -> tuple[di
                 f"init: imagenet: no GroupNorm ImageNet weights are published for {backbone}; "
                 "pass a file of GN-pretrained weights with --set init=PATH"
             )
-        try:
-            import timm
-
-            model = timm.create_model(timm_names[backbone], pretrained=True)
-        except Exception as e:
-            raise UserError(
-                f"init: imagenet: could not get timm weights '{timm_names[backbone]}' ({type(e).__name__}); {hint}"
-            ) from None
-        return model.state_dict(), f"timm:{timm_names[backbone]}"
+        return _timm_state(timm_names[backbone], "init: imagenet", hint), f"timm:{timm_names[backbone]}"
     weights_enum = {
         "resnet18": tv_resnet.ResNet18_Weights.IMAGENET1K_V1,
         "resnet34": tv_resnet.ResNet34_Weights.IMAGENET1K_V1,
         "resnet50": tv_resnet.ResNet50_Weights.IMAGENET1K_V1,
         "resnet101": tv_resnet.ResNet101_Weights.IMAGENET1K_V1,
     }[backbone]
-    try:
-        state = weights_enum.get_state_dict(progress=False, check_hash=True)
-    except Exception as e:
-        raise UserError(f"init: imagenet: could not get torchvision weights {weights_enum} ({type(e).__name__}); {hint}") from None
-    return state, f"torchvision:{weights_enum}"
+    return _torchvision_state(weights_enum, "init: imagenet", hint), f"torchvision:{weights_enum}"
 
 
 def norm_parameter_ids(model: nn.Module) -> set:

@@ -426,7 +426,7 @@ def write_report(study_dir) -> Path:
     numbers use the done runs only.
     """
     study_dir = Path(study_dir)
-    study = stats.load_study(study_dir)
+    study = stats.load_results(study_dir)
     summary = stats.summarize(study)
     summary["forecast"] = study_forecast(study)
     summary = words.add_text(summary)

@@ -3,7 +3,7 @@
 Three layers, each usable on its own:
 1. pure functions on plain numbers (`mean_std`, `paired_difference`, `iters_to_fraction`,
    `ahead_status`, `within_status`), unit-tested on constructed values;
-2. `load_study` reads a study directory (study.json + run dirs) into `Study` / `RunRecord`;
+2. `load_results` reads a study directory (study.json + run dirs) into `StudyResults` / `RunRecord`;
 3. `summarize` turns a loaded study into the dict written as report/summary.json: cells, paired
    comparisons, findings, missing and failed runs.
 
@@ -195,7 +195,7 @@ class RunRecord:
 
 
 @dataclass
-class Study:
+class StudyResults:
     path: Path
     name: str
     margin_ap: float
@@ -291,7 +291,7 @@ def _load_run(study_dir: Path, index: int, entry: dict) -> RunRecord:
     )
 
 
-def load_study(study_dir) -> Study:
+def load_results(study_dir) -> StudyResults:
     """Read S/study.json, every run directory it lists, and the pre-training records."""
     study_dir = Path(study_dir)
     index_path = study_dir / "study.json"
@@ -314,7 +314,7 @@ def load_study(study_dir) -> Study:
     for run in runs:
         if run.init != RANDOM and run.init not in pretrain:
             pretrain[run.init], notes[run.init] = None, "not recorded"
-    return Study(path=study_dir, name=index.get("name", study_dir.name),
+    return StudyResults(path=study_dir, name=index.get("name", study_dir.name),
                  margin_ap=float(index.get("margin_ap", 1.0)), pretrain=pretrain,
                  pretrain_notes=notes, runs=runs, init_cost=dict(index.get("init_cost") or {}),
                  weights_meta=_weights_meta(runs, pretrain))
@@ -471,7 +471,7 @@ class _Grid:
         return self.cell(self.source, self._any_schedule(size), size)["train_images"]
 
 
-def comparisons(study: Study, cells: list) -> list:
+def comparisons(study: StudyResults, cells: list) -> list:
     """Every paired comparison source - random that the study allows (same schedule, size and other)."""
     out = []
     keys = _metric_keys([(r.final or {}).get("final") or {} for r in study.runs if r.state == "done"])
@@ -574,8 +574,18 @@ def finding_converges_faster(grid: _Grid, margin: float) -> dict:
     lead = _paired([mean_std(points_pre[s])["mean"] for s in kept], [mean_std(points_rand[s])["mean"] for s in kept])
     status = ahead_status(lead, margin)
 
-    # How far behind random init runs: the iterations it needs to reach the AP pretrained has at its first
-    # evaluation of the longest schedule (a ratio that a late LR drop, lifting both curves at once, cannot hide).
+    return {
+        "status": status, "n": lead["n"], "train_size": size, "train_images": grid.train_images(size),
+        "lead": lead, "early_until_iter": first_drop, "early_points": len(early) + (short_diff is not None),
+        "early_curve": early_curve, "curve_schedule": long, "schedule_shortest": short,
+        "shortest_final": short_diff, "margin_ap": margin, **_iters_behind(pre_runs, rand_runs, pre_curves),
+    }
+
+
+def _iters_behind(pre_runs: list, rand_runs: list, pre_curves: list) -> dict:
+    """How far behind random init runs: the iterations it needs to reach the AP pretrained has at its first
+    evaluation of the longest schedule (a ratio that a late LR drop, lifting both curves at once, cannot hide),
+    and each arm's iterations to 90% of its own best."""
     firsts = [min(c.items()) if c else None for c in pre_curves]
     reach_iter = reach_ap = reach_rand = None
     if firsts and None not in firsts:
@@ -586,10 +596,6 @@ def finding_converges_faster(grid: _Grid, margin: float) -> dict:
     it_pre = mean_std([run_iters_to_90(r) for r in pre_runs])["mean"]
     it_rand = mean_std([run_iters_to_90(r) for r in rand_runs])["mean"]
     return {
-        "status": status, "n": lead["n"], "train_size": size, "train_images": grid.train_images(size),
-        "lead": lead, "early_until_iter": first_drop, "early_points": len(early) + (short_diff is not None),
-        "early_curve": early_curve, "curve_schedule": long, "schedule_shortest": short,
-        "shortest_final": short_diff, "margin_ap": margin,
         "first_eval_iter_pretrained": reach_iter, "first_eval_ap_pretrained": reach_ap,
         "iters_random_to_reach_it": reach_rand,
         "iters_to_90_pretrained": it_pre, "iters_to_90_random": it_rand,
@@ -857,7 +863,7 @@ def _clean(obj):
     return obj
 
 
-def summarize(study: Study) -> dict:
+def summarize(study: StudyResults) -> dict:
     """Everything the report shows, as plain JSON-able data (written as report/summary.json)."""
     cells = build_cells(study.runs)
     other_keys = sorted({c["other_key"] for c in cells}) or [json.dumps({})]
@@ -879,14 +885,6 @@ def summarize(study: Study) -> dict:
     by_source = {v["source"]: v["findings"] for v in reversed(verdicts)}  # first other group wins
     by_source = {s: by_source[s] for s in sources}
 
-    state_counts = {s: 0 for s in ("done", "running", "pending", "failed")}
-    for run in study.runs:
-        state_counts[run.state] = state_counts.get(run.state, 0) + 1
-    missing = [{"name": r.name, "state": r.state, "reason": r.reason, "last_iter": r.last_iter, "iters": r.iters}
-               for r in study.runs if r.state != "done"]
-    failed = [{"name": r.name, "iter": (r.failed or {}).get("iter", r.last_iter),
-               "reason": (r.failed or {}).get("reason", r.reason), "losses": (r.failed or {}).get("losses")}
-              for r in study.runs if r.state == "failed"]
     seeds = sorted({r.seed for r in study.runs})
     done_seeds = [c["n_seeds"] for c in cells]
 
@@ -898,7 +896,6 @@ def summarize(study: Study) -> dict:
         "seeds": seeds,
         "n_seeds_per_cell": {"min": min(done_seeds), "max": max(done_seeds)} if done_seeds else None,
         "sources": sources,
-        "counts": state_counts,
         "n_runs": len(study.runs),
         "cells": [{k: v for k, v in c.items() if k != "other_key"} for c in cells],
         "comparisons": comparisons(study, cells),
@@ -910,13 +907,27 @@ def summarize(study: Study) -> dict:
         "verdicts": verdicts,
         "pretrain": {s: study.pretrain.get(s) for s in sources},
         "pretrain_notes": {s: study.pretrain_notes[s] for s in sources if s in study.pretrain_notes},
-        "missing": missing,
-        "failed": failed,
+        **run_states(study.runs),
+    }
+    return _clean(summary)
+
+
+def run_states(runs: list) -> dict:
+    """counts (runs per state), missing (not done), failed (with their reason), and one row per run."""
+    counts = {s: 0 for s in ("done", "running", "pending", "failed")}
+    for run in runs:
+        counts[run.state] = counts.get(run.state, 0) + 1
+    return {
+        "counts": counts,
+        "missing": [{"name": r.name, "state": r.state, "reason": r.reason, "last_iter": r.last_iter,
+                     "iters": r.iters} for r in runs if r.state != "done"],
+        "failed": [{"name": r.name, "iter": (r.failed or {}).get("iter", r.last_iter),
+                    "reason": (r.failed or {}).get("reason", r.reason), "losses": (r.failed or {}).get("losses")}
+                   for r in runs if r.state == "failed"],
         "runs": [{"name": r.name, "init": r.init, "schedule": r.schedule, "train_size": r.train_size,
                   "train_images": r.train_images, "seed": r.seed, "other": r.other, "state": r.state,
                   "reason": r.reason, "last_iter": r.last_iter, "iters": r.iters, "trunk": r.trunk,
                   "fork_iter": r.fork_iter,
                   "final_ap": ((r.final or {}).get("final") or {}).get(PRIMARY) if r.state == "done" else None}
-                 for r in study.runs],
+                 for r in runs],
     }
-    return _clean(summary)

@@ -276,26 +276,28 @@ def question_answers(summary: dict) -> list:
         text = "Cannot say yet: " + (small.get("reason") or "the smallest size's interval straddles the margin") + "."
     out.append(("more_data", text))
 
-    h = q["how_long"]
-    if h["answer"] == "within_tried":
-        text = (f"{h['schedule']} ({fmt_int(h['iters'])} iterations): the shortest schedule at which random init is "
-                f"within the margin of {source}'s best.")
-    elif h["answer"] == "longer_than_tried":
-        text = (f"Longer than any schedule tried (the longest was {h['longest_tried']}); `rethink forecast` "
-                "estimates how much longer from the curves so far.")
-    else:
-        text = "Cannot say yet: " + (catch.get("reason") or "the catch-up interval straddles the margin") + "."
-    out.append(("how_long", text))
-
+    out.append(("how_long", _how_long_answer(q["how_long"], source, catch)))
     if "best_source" in q:
-        b = q["best_source"]
-        ranking = ", ".join(f"{r['source']} {fmt_ap(r['ap_best'])} AP ({r['schedule']})" for r in b["ranking"])
-        ahead = [r["source"] for r in b["ranking"] if r["ahead_of_random_at_longest"] == HOLDS]
-        text = (f"{b['best']} is best ({ranking}). "
-                + (f"Ahead of random init by more than the margin at the longest schedule: {', '.join(ahead)}."
-                   if ahead else "None is ahead of random init by more than the margin at the longest schedule."))
-        out.append(("best_source", text))
+        out.append(("best_source", _best_source_answer(q["best_source"])))
     return [(key, QUESTION_TITLES[key], text) for key, text in out]
+
+
+def _how_long_answer(h: dict, source: str, catch: dict) -> str:
+    if h["answer"] == "within_tried":
+        return (f"{h['schedule']} ({fmt_int(h['iters'])} iterations): the shortest schedule at which random init is "
+                f"within the margin of {source}'s best.")
+    if h["answer"] == "longer_than_tried":
+        return (f"Longer than any schedule tried (the longest was {h['longest_tried']}); `rethink forecast` "
+                "estimates how much longer from the curves so far.")
+    return "Cannot say yet: " + (catch.get("reason") or "the catch-up interval straddles the margin") + "."
+
+
+def _best_source_answer(b: dict) -> str:
+    ranking = ", ".join(f"{r['source']} {fmt_ap(r['ap_best'])} AP ({r['schedule']})" for r in b["ranking"])
+    ahead = [r["source"] for r in b["ranking"] if r["ahead_of_random_at_longest"] == HOLDS]
+    return (f"{b['best']} is best ({ranking}). "
+            + (f"Ahead of random init by more than the margin at the longest schedule: {', '.join(ahead)}."
+               if ahead else "None is ahead of random init by more than the margin at the longest schedule."))
 
 
 def add_text(summary: dict) -> dict:

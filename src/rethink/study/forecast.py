@@ -38,7 +38,7 @@ from scipy.optimize import curve_fit
 
 from rethink import schedule as sched
 from rethink.errors import UserError
-from rethink.report.stats import PRIMARY, RANDOM, Study, size_sort_key
+from rethink.report.stats import PRIMARY, RANDOM, StudyResults, size_sort_key
 
 INTERVAL = 0.8
 MIN_POINTS = 4  # three parameters per family, and one degree of freedom for the residuals
@@ -175,7 +175,7 @@ def _tail(factor: float, iters_1x: int) -> tuple:
     return (second - first, sched.total_iters(factor, iters_1x) - first)
 
 
-def study_iters_1x(study: Study) -> int:
+def study_iters_1x(study: StudyResults) -> int:
     values = {int(round(r.iters / r.schedule_factor)) for r in study.runs if r.iters and r.schedule_factor}
     if not values:
         raise UserError(f"{study.path / 'study.json'}: no run records its iterations ('iters'); "
@@ -187,7 +187,7 @@ def _finite(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
-def collect_arms(study: Study, iters_1x: int) -> list:
+def collect_arms(study: StudyResults, iters_1x: int) -> list:
     groups = {}
     for run in study.runs:
         groups.setdefault((run.init, run.train_size, run.other_key), []).append(run)
@@ -318,7 +318,7 @@ def _quantiles(samples) -> tuple:
 # ---------------------------------------------------------------------------------------------
 
 
-def default_factors(study: Study, group: tuple) -> list:
+def default_factors(study: StudyResults, group: tuple) -> list:
     """The schedules a group (train_size, other) runs, then 1x steps (0.5x below 2x) up to twice the longest."""
     factors = sorted({r.schedule_factor for r in study.runs if (r.train_size, r.other_key) == group})
     longest = factors[-1]
@@ -337,7 +337,7 @@ def parse_schedules(text: str) -> list:
     return factors
 
 
-def _check_curves(study: Study, arms: list) -> None:
+def _check_curves(study: StudyResults, arms: list) -> None:
     if not any(len(run.evals) for run in study.runs):
         raise UserError(f"{study.path}: no run has an evaluation yet (metrics.jsonl); nothing to forecast")
     if not any(arm.fits for arm in arms):
@@ -352,7 +352,7 @@ def _check_curves(study: Study, arms: list) -> None:
 
 @dataclass
 class _Fitted:
-    study: Study
+    study: StudyResults
     iters_1x: int
     arms: list
     factors: dict  # group -> schedule factors
@@ -360,7 +360,7 @@ class _Fitted:
     grids: dict  # id(arm) -> grid iterations
 
 
-def _fit_study(study: Study, factors=None, n_boot: int = N_BOOT, seed: int = 0, grid_points: int = 25) -> _Fitted:
+def _fit_study(study: StudyResults, factors=None, n_boot: int = N_BOOT, seed: int = 0, grid_points: int = 25) -> _Fitted:
     iters_1x = study_iters_1x(study)
     arms = collect_arms(study, iters_1x)
     for arm in arms:
@@ -383,7 +383,7 @@ def _fit_study(study: Study, factors=None, n_boot: int = N_BOOT, seed: int = 0, 
     return _Fitted(study=study, iters_1x=iters_1x, arms=arms, factors=group_factors, samples=samples, grids=grids)
 
 
-def _arm_order(study: Study):
+def _arm_order(study: StudyResults):
     order = {RANDOM: 0}
     for source in study.sources:
         order.setdefault(source, len(order))
@@ -439,7 +439,7 @@ def _catch_up(fitted: _Fitted, margin: float, n_boot: int) -> list:
     return out
 
 
-def forecast_study(study: Study, factors=None, n_boot: int = N_BOOT, seed: int = 0) -> dict:
+def forecast_study(study: StudyResults, factors=None, n_boot: int = N_BOOT, seed: int = 0) -> dict:
     """Forecasts of every cell and the catch-up schedule per training-set size (module docstring).
 
     factors: schedule factors to forecast (default: each size's schedules and longer ones up to twice the
@@ -483,7 +483,7 @@ def forecast_study(study: Study, factors=None, n_boot: int = N_BOOT, seed: int =
             "cells": cells, "catch_up": _catch_up(fitted, study.margin_ap, n_boot), "arms": arms_out}
 
 
-def forecast_curves(study: Study, factors=None, n_boot: int = N_BOOT, seed: int = 0, grid_points: int = 25) -> list:
+def forecast_curves(study: StudyResults, factors=None, n_boot: int = N_BOOT, seed: int = 0, grid_points: int = 25) -> list:
     """Per arm, the forecast beyond what was run, for a figure to draw dashed.
 
     Returns [{"init", "train_size", "other", "last_iter",
@@ -514,7 +514,7 @@ def forecast_curves(study: Study, factors=None, n_boot: int = N_BOOT, seed: int 
     return out
 
 
-def truncate_study(study: Study, cut_iters: dict) -> Study:
+def truncate_study(study: StudyResults, cut_iters: dict) -> StudyResults:
     """The study as it stood when each group's runs had reached `cut_iters[(train_size, other_key)]`.
 
     Forks run beside their trunk at the same speed, so at a trunk's iteration c a run of T <= c iterations is done

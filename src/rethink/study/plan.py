@@ -68,7 +68,7 @@ class RunSpec:
 
 
 @dataclass(frozen=True)
-class Study:
+class StudyPlan:
     path: Path
     name: str
     runs: tuple[RunSpec, ...]
@@ -88,7 +88,7 @@ def _slug(value) -> str:
     return re.sub(r"[^A-Za-z0-9.]+", "-", str(value)).strip("-")
 
 
-def load_study(path: Path, overrides=(), pretrain_dir: Path | None = None, share_trunks: bool = True) -> Study:
+def load_plan(path: Path, overrides=(), pretrain_dir: Path | None = None, share_trunks: bool = True) -> StudyPlan:
     """Read and validate a study file; errors name the study file and the key."""
     path = Path(path)
     data = cfgmod.read_yaml(path)
@@ -98,6 +98,36 @@ def load_study(path: Path, overrides=(), pretrain_dir: Path | None = None, share
     for key in ("base", "matrix"):
         if key not in data:
             raise UserError(f"{path}: missing key `{key}`")
+    base = _base_config(path, data, overrides)
+    pretrain_paths = _pretrain_paths(path, data.get("pretrain") or {})
+    matrices = data["matrix"] if isinstance(data["matrix"], list) else [data["matrix"]]
+    runs: dict[str, RunSpec] = {}
+    for m_index, matrix in enumerate(matrices):
+        where = f"{path}: matrix" + (f"[{m_index}]" if isinstance(data["matrix"], list) else "")
+        for spec in _matrix_runs(where, matrix, base, pretrain_paths, pretrain_dir or path.parent / "pretrain"):
+            if spec.name in runs and runs[spec.name].config != spec.config:
+                raise UserError(f"{where}: two runs named {spec.name} differ; use distinct matrix values")
+            runs[spec.name] = spec
+    report = data.get("report") or {}
+    margin = report.get("margin_ap", 1.0) if isinstance(report, dict) else 1.0
+    if not isinstance(margin, (int, float)) or margin < 0:
+        raise UserError(f"{path}: report.margin_ap: expected a non-negative number of AP points")
+    init_cost = _init_cost(path, report.get("init_cost") if isinstance(report, dict) else None)
+    gpu_ips = float(data.get("gpu_img_per_s", DEFAULT_GPU_IMG_PER_S))
+    specs = _share_trunks(list(runs.values())) if share_trunks else sorted(runs.values(), key=lambda r: r.name)
+    study = StudyPlan(path, str(data.get("name", path.stem)), tuple(specs), pretrain_paths, float(margin), gpu_ips,
+                      init_cost)
+    _check_controlled(study)
+    labels = {spec.init_label for spec in study.runs} - {"random"}
+    for source in init_cost:
+        if source not in labels:
+            raise UserError(f"{path}: report.init_cost.{source}: no pretrained init of the study is called {source} "
+                            f"(they are: {', '.join(sorted(labels))})")
+    return study
+
+
+def _base_config(path: Path, data: dict, overrides) -> dict:
+    """The base run config as a dict, with the study's `set` and the command line's --set applied."""
     base_path = (path.parent / str(data["base"])).resolve()
     if not base_path.is_file():
         raise UserError(f"{path}: base: config {base_path} not found")
@@ -112,68 +142,53 @@ def load_study(path: Path, overrides=(), pretrain_dir: Path | None = None, share
     for item in overrides:
         key, value = cfgmod.parse_override(item)
         cfgmod.set_key(base, key, value)
+    return base
 
-    pretrain = data.get("pretrain") or {}
+
+def _pretrain_paths(path: Path, pretrain) -> dict[str, Path]:
+    """The study's pre-training steps: name -> its config file."""
     if not isinstance(pretrain, dict):
         raise UserError(f"{path}: pretrain: expected a mapping of name -> pretraining config")
-    pretrain_paths = {}
+    paths = {}
     for name, cfg_path in pretrain.items():
         if name in ("random", "imagenet") or not re.fullmatch(r"[A-Za-z0-9_-]+", str(name)):
             raise UserError(f"{path}: pretrain: '{name}' cannot name a pre-training step (letters, digits, _ and -)")
         p = (path.parent / str(cfg_path)).resolve()
         if not p.is_file():
             raise UserError(f"{path}: pretrain.{name}: config {p} not found")
-        pretrain_paths[name] = p
+        paths[name] = p
+    return paths
 
-    matrices = data["matrix"] if isinstance(data["matrix"], list) else [data["matrix"]]
-    runs: dict[str, RunSpec] = {}
-    for m_index, matrix in enumerate(matrices):
-        where = f"{path}: matrix" + (f"[{m_index}]" if isinstance(data["matrix"], list) else "")
-        if not isinstance(matrix, dict) or not matrix:
-            raise UserError(f"{where}: expected a mapping of config keys to lists of values")
-        if "init" not in matrix:
-            raise UserError(f"{where}: needs an `init` axis (random and at least one pretrained source)")
-        axes = {("solver.schedule" if k == "schedule" else k): (v if isinstance(v, list) else [v])
-                for k, v in matrix.items()}
-        inits = [str(v) for v in axes["init"]]
-        if "random" not in inits or len(inits) < 2:
-            raise UserError(f"{where}: init: needs `random` and at least one pretrained source, got {inits}")
-        for key, values in axes.items():
-            if not values:
-                raise UserError(f"{where}: {key}: empty list")
-        keys = list(axes)
-        for combo in itertools.product(*(axes[k] for k in keys)):
-            raw = cfgmod._deepcopy(base)
-            for key, value in zip(keys, combo):
-                cfgmod.set_key(raw, key, value)
-            init = str(raw.get("init", "random"))
-            if init in pretrain_paths:
-                weights = (pretrain_dir or path.parent / "pretrain") / init / "backbone.safetensors"
-                raw["init"] = str(weights)
-            try:
-                cfg = cfgmod.resolve_paths(cfgmod.config_from_dict(raw))
-            except UserError as e:
-                raise UserError(f"{where}: {e}") from None
-            spec = _make_spec(cfg, init, pretrain_paths, keys)
-            if spec.name in runs and runs[spec.name].config != spec.config:
-                raise UserError(f"{where}: two runs named {spec.name} differ; use distinct matrix values")
-            runs[spec.name] = spec
-    report = data.get("report") or {}
-    margin = report.get("margin_ap", 1.0) if isinstance(report, dict) else 1.0
-    if not isinstance(margin, (int, float)) or margin < 0:
-        raise UserError(f"{path}: report.margin_ap: expected a non-negative number of AP points")
-    init_cost = _init_cost(path, report.get("init_cost") if isinstance(report, dict) else None)
-    gpu_ips = float(data.get("gpu_img_per_s", DEFAULT_GPU_IMG_PER_S))
-    specs = _share_trunks(list(runs.values())) if share_trunks else sorted(runs.values(), key=lambda r: r.name)
-    study = Study(path, str(data.get("name", path.stem)), tuple(specs),
-                  pretrain_paths, float(margin), gpu_ips, init_cost)
-    _check_controlled(study)
-    labels = {spec.init_label for spec in study.runs} - {"random"}
-    for source in init_cost:
-        if source not in labels:
-            raise UserError(f"{path}: report.init_cost.{source}: no pretrained init of the study is called {source} "
-                            f"(they are: {', '.join(sorted(labels))})")
-    return study
+
+def _matrix_runs(where: str, matrix, base: dict, pretrain_paths: dict, pretrain_dir: Path) -> list[RunSpec]:
+    """The runs of one matrix: every combination of its axes' values on top of the base config."""
+    if not isinstance(matrix, dict) or not matrix:
+        raise UserError(f"{where}: expected a mapping of config keys to lists of values")
+    if "init" not in matrix:
+        raise UserError(f"{where}: needs an `init` axis (random and at least one pretrained source)")
+    axes = {("solver.schedule" if k == "schedule" else k): (v if isinstance(v, list) else [v])
+            for k, v in matrix.items()}
+    inits = [str(v) for v in axes["init"]]
+    if "random" not in inits or len(inits) < 2:
+        raise UserError(f"{where}: init: needs `random` and at least one pretrained source, got {inits}")
+    for key, values in axes.items():
+        if not values:
+            raise UserError(f"{where}: {key}: empty list")
+    keys = list(axes)
+    specs = []
+    for combo in itertools.product(*(axes[k] for k in keys)):
+        raw = cfgmod._deepcopy(base)
+        for key, value in zip(keys, combo):
+            cfgmod.set_key(raw, key, value)
+        init = str(raw.get("init", "random"))
+        if init in pretrain_paths:
+            raw["init"] = str(pretrain_dir / init / "backbone.safetensors")
+        try:
+            cfg = cfgmod.resolve_paths(cfgmod.config_from_dict(raw))
+        except UserError as e:
+            raise UserError(f"{where}: {e}") from None
+        specs.append(_make_spec(cfg, init, pretrain_paths, keys))
+    return specs
 
 
 INIT_COST_KEYS = ("images", "instances", "pixels", "images_per_epoch", "epochs", "resolution")
@@ -243,7 +258,7 @@ def _share_trunks(runs: list[RunSpec]) -> list[RunSpec]:
     return sorted(out, key=lambda r: (r.trunk is not None, r.name))
 
 
-def _check_controlled(study: Study) -> None:
+def _check_controlled(study: StudyPlan) -> None:
     """Within a cell (everything but init equal), the arms' configs may differ only in `init`."""
     cells: dict[tuple, list[RunSpec]] = {}
     for r in study.runs:
@@ -257,7 +272,7 @@ def _check_controlled(study: Study) -> None:
                                 "not only in init")
 
 
-def plan_summary(study: Study, img_per_s: float | None = None) -> dict:
+def plan_summary(study: StudyPlan, img_per_s: float | None = None) -> dict:
     """What `rethink plan` prints: runs, forks, iterations and images planned versus naive, GPU-hours."""
     ips = img_per_s or study.gpu_img_per_s
     runs = []

@@ -18,18 +18,19 @@ import torch
 
 from rethink import config as cfgmod
 from rethink.engine import checkpoint as ckpt
+from rethink.engine.launch import rethink_command, train_argv
 from rethink.errors import UserError
 from rethink.fileio import atomic_write_text, read_json
 from rethink.study import store
-from rethink.study.plan import RunSpec, Study, load_study
+from rethink.study.plan import RunSpec, StudyPlan, load_plan
 
 
 def default_jobs() -> int:
     """Runs side by side on this machine.
 
-    Measured on a 2-core machine: two 1-thread training processes side by side gave ~45% more images/s than one
-    2-thread process (small detection models do not scale across threads), so on CPU each core gets a run
-    (at most 4). On a GPU machine runs share the GPU badly: one at a time.
+    On CPU each core gets a run (at most 4): small detection models do not scale across threads, and two 1-thread
+    processes side by side train more images/s than one 2-thread process (benchmarks/README.md, design
+    measurements). On a GPU machine runs share the GPU badly: one at a time.
     """
     if torch.cuda.is_available():
         return 1
@@ -38,15 +39,9 @@ def default_jobs() -> int:
 
 def train_command(spec: RunSpec, study_dir: Path, nproc: int = 1) -> list[str]:
     d = store.run_dir(study_dir, spec.name)
-    argv = ["train", str(d / "config.yaml"), "--out", str(d), "--no-progress"]
-    if spec.trunk:
-        argv += ["--fork-from", str(ckpt.checkpoint_path(store.run_dir(study_dir, spec.trunk), spec.fork_iter))]
-    if spec.keep_iters:
-        argv += ["--keep-iters", ",".join(map(str, spec.keep_iters))]
-    if nproc > 1:
-        return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-                "-m", "rethink", *argv]
-    return [sys.executable, "-m", "rethink", *argv]
+    fork = ckpt.checkpoint_path(store.run_dir(study_dir, spec.trunk), spec.fork_iter) if spec.trunk else None
+    argv = train_argv(d / "config.yaml", d, fork_from=fork, keep_iters=spec.keep_iters, progress=False)
+    return rethink_command(argv, nproc)
 
 
 def _prepare_run_dir(spec: RunSpec, study_dir: Path) -> None:
@@ -77,7 +72,7 @@ def _last_line(path: Path) -> str:
     return lines[-1][:300] if lines else "no output"
 
 
-def run_local(study: Study, study_dir: Path, jobs: int, nproc: int = 1, progress: bool = True) -> dict:
+def run_local(study: StudyPlan, study_dir: Path, jobs: int, nproc: int = 1, progress: bool = True) -> dict:
     """Run pending runs as subprocesses; returns {name: error} for runs that did not finish."""
     todo = [s for s in study.runs if store.run_state(study_dir, s.name, set())[0] == "pending"]
     total = len(todo)
@@ -170,7 +165,7 @@ class SlurmRun:
                                                            self.keep_iters))
 
 
-def run_slurm(study: Study, study_dir: Path, options: dict, progress: bool = True) -> dict:
+def run_slurm(study: StudyPlan, study_dir: Path, options: dict, progress: bool = True) -> dict:
     import submitit
 
     folder = Path(options.get("folder") or study_dir / "slurm")
@@ -217,7 +212,7 @@ def _wait_job(job, name: str, errors: dict) -> None:
         errors[name] = str(e).strip().splitlines()[-1][:300] if str(e).strip() else type(e).__name__
 
 
-def run_pretrain_steps(study: Study, study_dir: Path, overrides=(), progress: bool = True) -> None:
+def run_pretrain_steps(study: StudyPlan, study_dir: Path, overrides=(), progress: bool = True) -> None:
     from rethink.config import load_pretrain_config
     from rethink.engine.pretrain import pretrain
 
@@ -235,7 +230,7 @@ def run_study(study_path: Path, out: Path, executor: str = "local", jobs: int | 
               slurm: dict | None = None, progress: bool = True, overrides=(), pretrain_overrides=(),
               share_trunks: bool = True) -> int:
     out = Path(out)
-    study = load_study(study_path, overrides, pretrain_dir=out / "pretrain", share_trunks=share_trunks)
+    study = load_plan(study_path, overrides, pretrain_dir=out / "pretrain", share_trunks=share_trunks)
     out.mkdir(parents=True, exist_ok=True)
     with store.StudyLock(out):
         atomic_write_text(out / "study.yaml", Path(study_path).read_text())
