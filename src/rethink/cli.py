@@ -47,6 +47,7 @@ def _add_run_commands(sub) -> None:
     # set by `rethink study` for a shorter schedule that starts from its trunk's checkpoint
     p.add_argument("--fork-from", default=None, help=argparse.SUPPRESS)
     p.add_argument("--keep-iters", default="", help=argparse.SUPPRESS)
+    p.add_argument("--stop-at", type=int, default=None, help=argparse.SUPPRESS)  # an adaptive study's segment
     _add_overrides(p)
 
     p = sub.add_parser("eval", help="evaluate saved weights on the config's validation set")
@@ -94,6 +95,8 @@ def _add_study_commands(sub) -> None:
     p.add_argument("--slurm-time-min", type=int, default=4320)
     p.add_argument("--slurm-folder", default=None)
     p.add_argument("--slurm-cluster", default=None, help=argparse.SUPPRESS)  # "local": submitit's local executor
+    p.add_argument("--adaptive", action="store_true", help="run the trunks in segments, forecast after each, and "
+                   "stop those whose verdict is settled (study/adaptive.py)")
     p.add_argument("--no-progress", action="store_true")
     _add_overrides(p)
 
@@ -170,13 +173,14 @@ def cmd_train(args) -> int:
 
         keep = [k for k in args.keep_iters.split(",") if k]
         argv = train_argv(_config_path(args.config), args.out, args.overrides, args.fork_from, keep,
-                          progress=not args.no_progress)
+                          progress=not args.no_progress, stop_at=args.stop_at)
         return run_torchrun(args.nproc, argv)
     from rethink.engine.train import train
 
     keep = tuple(int(k) for k in args.keep_iters.split(",") if k)
     fork = Path(args.fork_from) if args.fork_from else None
-    final = train(_load(args), Path(args.out), fork_from=fork, keep_iters=keep, progress=not args.no_progress)
+    final = train(_load(args), Path(args.out), fork_from=fork, keep_iters=keep, progress=not args.no_progress,
+                  stop_at=args.stop_at)
     _print_final(args.out, final)
     return 0
 
@@ -257,7 +261,7 @@ def cmd_study(args) -> int:
     return run_study(_config_path(args.study), Path(args.out), executor=args.executor, jobs=args.jobs, nproc=args.nproc,
                      slurm=dict(partition=args.slurm_partition, gpus_per_node=args.slurm_gpus_per_node,
                                 time_min=args.slurm_time_min, folder=args.slurm_folder, cluster=args.slurm_cluster),
-                     progress=not args.no_progress, overrides=args.overrides)
+                     progress=not args.no_progress, overrides=args.overrides, adaptive=args.adaptive)
 
 
 def cmd_status(args) -> int:

@@ -7,13 +7,16 @@ import subprocess
 import sys
 
 
-def train_argv(config, out, overrides=(), fork_from=None, keep_iters=(), progress: bool = True) -> list[str]:
+def train_argv(config, out, overrides=(), fork_from=None, keep_iters=(), progress: bool = True,
+               stop_at: int | None = None) -> list[str]:
     """`rethink train`'s arguments for one run (what follows `python -m rethink`)."""
     argv = ["train", str(config), "--out", str(out)] + [a for o in overrides for a in ("--set", o)]
     if fork_from:
         argv += ["--fork-from", str(fork_from)]
     if keep_iters:
         argv += ["--keep-iters", ",".join(map(str, keep_iters))]
+    if stop_at is not None:
+        argv += ["--stop-at", str(stop_at)]
     if not progress:
         argv.append("--no-progress")
     return argv

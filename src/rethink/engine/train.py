@@ -79,11 +79,14 @@ def _build_model(cfg: RunConfig, num_classes: int):
     return model, init_report
 
 
-def train(cfg: RunConfig, out_dir, *, fork_from: Path | None = None, keep_iters=(), progress: bool = True) -> dict:
+def train(cfg: RunConfig, out_dir, *, fork_from: Path | None = None, keep_iters=(), progress: bool = True,
+          stop_at: int | None = None) -> dict:
     """Train (or resume, or skip if finished) the run of `cfg` in `out_dir`; returns final.json's content.
 
     fork_from: a trunk's checkpoint to start from when this run has no checkpoint of its own yet (a study's
     shorter schedule, see study.plan). keep_iters: iterations whose checkpoints are always written and kept.
+    stop_at: stop once this iteration is done, as SIGINT would (checkpoint saved, Interrupted raised); running
+    again resumes. `rethink study --adaptive` runs its trunks in such segments.
     """
     out = Path(out_dir)
     device, rank, world_size = _setup_process(cfg)
@@ -128,7 +131,7 @@ def train(cfg: RunConfig, out_dir, *, fork_from: Path | None = None, keep_iters=
 
     try:
         run_loop(steps, optimizer, get_lr, out, start_iter, periods, progress=progress, world_size=world_size,
-                 device=device)
+                 device=device, stop_after=stop_at)
     finally:
         steps.hook.remove()
 

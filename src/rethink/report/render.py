@@ -105,7 +105,7 @@ def _size(entry: dict) -> str:
 
 def status_line(summary: dict) -> str:
     counts = summary["counts"]
-    parts = [f"{counts.get(state, 0)} {state}" for state in ("done", "running", "pending", "failed")
+    parts = [f"{counts.get(state, 0)} {state}" for state in ("done", "settled", "running", "pending", "failed")
              if counts.get(state, 0)]
     return (f"{summary['n_runs']} runs ({', '.join(parts) or 'none'}); "
             f"{summary['n_seeds']} seed{'s' if summary['n_seeds'] != 1 else ''}; "
@@ -325,6 +325,7 @@ def render_html(summary: dict, figures: list, skipped: list) -> str:
         parts.append(_html_table(headers, rows, left))
 
     parts.append("<h2>Runs</h2>")
+    parts += [f"<p>{_e(text)}</p>" for text in words.adaptive_sentences(summary)]
     if summary["failed"]:
         parts.append("<p>Failed runs:</p><ul>")
         parts += [f"<li><code>{_e(f['name'])}</code> at iteration {_e(words.fmt_int(f['iter']))}: "
@@ -393,6 +394,8 @@ def render_markdown(summary: dict, figures: list, skipped: list) -> str:
         headers, rows, _ = pretrain_table(summary)
         out += ["### Pre-training records", "", _md_table(headers, rows), ""]
     out += ["## Runs", ""]
+    for text in words.adaptive_sentences(summary):
+        out += [text, ""]
     if summary["failed"]:
         out += ["Failed runs:", ""]
         out += [f"- `{f['name']}` at iteration {words.fmt_int(f['iter'])}: {f['reason'] or 'no reason recorded'}"

@@ -173,6 +173,9 @@ class RunRecord:
     trains: list = field(default_factory=list)
     final: dict | None = None
     failed: dict | None = None
+    # `rethink study --adaptive` stopped this trunk once the forecast settled its verdict: settled.json's content.
+    # Such a run counts as done, with the forecast of its final AP in place of a measured one (final["forecast"]).
+    settled: dict | None = None
 
     @property
     def other_key(self) -> str:
@@ -238,11 +241,12 @@ def _load_run(study_dir: Path, index: int, entry: dict) -> RunRecord:
     run_dir = study_dir / entry.get("path", f"runs/{entry['name']}")
     # A run whose files cannot be read is left out and listed with the reason; the rest of the report stands.
     unreadable = None
-    lines = final = failed = None
+    lines = final = failed = settled = None
     try:
         lines = read_jsonl(run_dir / "metrics.jsonl")
         final = _read_json_or_fail(run_dir / "final.json") if (run_dir / "final.json").exists() else None
         failed = _read_json_or_fail(run_dir / "FAILED") if (run_dir / "FAILED").exists() else None
+        settled = _read_json_or_fail(run_dir / "settled.json") if (run_dir / "settled.json").exists() else None
     except json.JSONDecodeError as exc:
         unreadable = f"{run_dir / 'metrics.jsonl'}: line {exc.lineno} is not valid JSON"
     except UserError as exc:
@@ -251,6 +255,10 @@ def _load_run(study_dir: Path, index: int, entry: dict) -> RunRecord:
         unreadable = unreadable or f"{run_dir}: final.json or FAILED is not a JSON object"
         lines, final, failed = lines if isinstance(lines, list) else [], None, None
 
+    if final is None and isinstance(settled, dict) and settled.get("predicted_final_ap") is not None:
+        final = _settled_final(settled, [r for r in lines if r.get("type") == "eval"])
+    else:
+        settled = None
     declared = entry.get("state", "pending")
     reason = entry.get("reason")
     # The files are the truth; study.json can lag behind a kill.
@@ -287,8 +295,22 @@ def _load_run(study_dir: Path, index: int, entry: dict) -> RunRecord:
         trunk=entry.get("trunk"), fork_iter=entry.get("fork_iter"), other=dict(entry.get("other") or {}),
         evals=_rows_by_iter([r for r in lines if r.get("type") == "eval"]),
         trains=_rows_by_iter([r for r in lines if r.get("type") == "train"]),
-        final=final, failed=failed,
+        final=final, failed=failed, settled=settled,
     )
+
+
+def _settled_final(settled: dict, evals: list) -> dict:
+    """final.json's place for a run an adaptive study stopped: the forecast final AP, the best measured so far
+    (or the forecast, if higher), and the work done until the stop."""
+    predicted = settled["predicted_final_ap"]
+    measured = [r for r in evals if _is_number(r.get(PRIMARY))]
+    best_row = max(measured, key=lambda r: r[PRIMARY]) if measured else None
+    best = {PRIMARY: predicted}
+    if best_row is not None and best_row[PRIMARY] > predicted:
+        best = {k: v for k, v in best_row.items() if "/" in k and not k.startswith("eval/")}
+    return {"status": "done", "final": {PRIMARY: predicted}, "best": best,
+            "best_iter": best_row["iter"] if best_row is not None else None,
+            "forecast": {"interval": settled.get("interval"), "stopped_at_iter": settled.get("stopped_at_iter")}}
 
 
 def load_results(study_dir) -> StudyResults:
@@ -908,15 +930,45 @@ def summarize(study: StudyResults) -> dict:
         "pretrain": {s: study.pretrain.get(s) for s in sources},
         "pretrain_notes": {s: study.pretrain_notes[s] for s in sources if s in study.pretrain_notes},
         **run_states(study.runs),
+        "adaptive": adaptive_record(study),
     }
     return _clean(summary)
 
 
+def adaptive_record(study: StudyResults) -> dict | None:
+    """For a study run with --adaptive: its decisions (adaptive.json), and the iterations it trained against the
+    iterations its plan holds (each run's own: a fork's start at its trunk's checkpoint is not its work)."""
+    path = study.path / "adaptive.json"
+    if not path.exists():
+        return None
+    decisions = _read_json_or_fail(path).get("decisions", [])
+    planned = trained = 0
+    for r in study.runs:
+        start = r.fork_iter if r.trunk else 0
+        planned += (r.iters or 0) - (start or 0)
+        if r.settled is not None:
+            reached = r.settled.get("stopped_at_iter")
+        elif r.state == "done":
+            reached = r.iters
+        else:
+            reached = r.last_iter
+        trained += max(0, (reached or 0) - (start or 0)) if reached else 0
+    return {"decisions": decisions, "iters_planned": planned, "iters_trained": trained,
+            "settled_runs": [{"name": r.name, "reason": r.settled.get("reason"),
+                              "stopped_at_iter": r.settled.get("stopped_at_iter"),
+                              "predicted_final_ap": r.settled.get("predicted_final_ap"),
+                              "interval": r.settled.get("interval"), "skipped": bool(r.settled.get("skipped"))}
+                             for r in study.runs if r.settled is not None]}
+
+
 def run_states(runs: list) -> dict:
     """counts (runs per state), missing (not done), failed (with their reason), and one row per run."""
+    def shown(run):  # a run an adaptive study settled counts as done for the findings, and says what it is
+        return "settled" if run.settled is not None else run.state
+
     counts = {s: 0 for s in ("done", "running", "pending", "failed")}
     for run in runs:
-        counts[run.state] = counts.get(run.state, 0) + 1
+        counts[shown(run)] = counts.get(shown(run), 0) + 1
     return {
         "counts": counts,
         "missing": [{"name": r.name, "state": r.state, "reason": r.reason, "last_iter": r.last_iter,
@@ -925,9 +977,9 @@ def run_states(runs: list) -> dict:
                     "reason": (r.failed or {}).get("reason", r.reason), "losses": (r.failed or {}).get("losses")}
                    for r in runs if r.state == "failed"],
         "runs": [{"name": r.name, "init": r.init, "schedule": r.schedule, "train_size": r.train_size,
-                  "train_images": r.train_images, "seed": r.seed, "other": r.other, "state": r.state,
+                  "train_images": r.train_images, "seed": r.seed, "other": r.other, "state": shown(r),
                   "reason": r.reason, "last_iter": r.last_iter, "iters": r.iters, "trunk": r.trunk,
-                  "fork_iter": r.fork_iter,
+                  "fork_iter": r.fork_iter, "settled": r.settled is not None,
                   "final_ap": ((r.final or {}).get("final") or {}).get(PRIMARY) if r.state == "done" else None}
                  for r in runs],
     }

@@ -282,6 +282,24 @@ def question_answers(summary: dict) -> list:
     return [(key, QUESTION_TITLES[key], text) for key, text in out]
 
 
+def adaptive_sentences(summary: dict) -> list[str]:
+    """The report's account of an adaptive study: what it stopped or skipped, why, and what it saved."""
+    a = summary.get("adaptive")
+    if not a:
+        return []
+    share = a["iters_trained"] / a["iters_planned"] if a["iters_planned"] else None
+    out = [f"This study ran with --adaptive: {fmt_int(a['iters_trained'])} of the {fmt_int(a['iters_planned'])} "
+           f"planned iterations were trained" + (f" ({share:.0%})." if share is not None else ".")]
+    if not a["settled_runs"]:
+        out.append("No verdict was settled early: every run went to its end.")
+    for r in a["settled_runs"]:
+        what = "skipped" if r["skipped"] else f"stopped at iteration {fmt_int(r['stopped_at_iter'])}"
+        iv = r.get("interval") or [None, None]
+        out.append(f"{r['name']} {what}; its final AP in the tables and verdicts is the forecast "
+                   f"{fmt_ap(r['predicted_final_ap'])} (80% interval {fmt_ap(iv[0])}-{fmt_ap(iv[1])}): {r['reason']}.")
+    return out
+
+
 def _how_long_answer(h: dict, source: str, catch: dict) -> str:
     if h["answer"] == "within_tried":
         return (f"{h['schedule']} ({fmt_int(h['iters'])} iterations): the shortest schedule at which random init is "

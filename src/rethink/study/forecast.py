@@ -206,7 +206,7 @@ def collect_arms(study: StudyResults, iters_1x: int) -> list:
         for run in runs:
             by_schedule.setdefault(run.schedule_factor, []).append(run)
         for factor, members in by_schedule.items():
-            done = [r for r in members if r.state == "done" and _finite((r.final.get("final") or {}).get(PRIMARY))]
+            done = [r for r in members if r.state == "done" and r.settled is None and _finite((r.final.get("final") or {}).get(PRIMARY))]
             if not done:
                 continue
             final = float(np.mean([r.final["final"][PRIMARY] for r in done]))

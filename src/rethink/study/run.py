@@ -37,10 +37,11 @@ def default_jobs() -> int:
     return max(1, min(os.cpu_count() or 1, 4))
 
 
-def train_command(spec: RunSpec, study_dir: Path, nproc: int = 1) -> list[str]:
+def train_command(spec: RunSpec, study_dir: Path, nproc: int = 1, stop_at: int | None = None) -> list[str]:
     d = store.run_dir(study_dir, spec.name)
     fork = ckpt.checkpoint_path(store.run_dir(study_dir, spec.trunk), spec.fork_iter) if spec.trunk else None
-    argv = train_argv(d / "config.yaml", d, fork_from=fork, keep_iters=spec.keep_iters, progress=False)
+    argv = train_argv(d / "config.yaml", d, fork_from=fork, keep_iters=spec.keep_iters, progress=False,
+                      stop_at=stop_at)
     return rethink_command(argv, nproc)
 
 
@@ -72,9 +73,24 @@ def _last_line(path: Path) -> str:
     return lines[-1][:300] if lines else "no output"
 
 
-def run_local(study: StudyPlan, study_dir: Path, jobs: int, nproc: int = 1, progress: bool = True) -> dict:
-    """Run pending runs as subprocesses; returns {name: error} for runs that did not finish."""
-    todo = [s for s in study.runs if store.run_state(study_dir, s.name, set())[0] == "pending"]
+def _reached(study_dir: Path, name: str, stop_at: int | None) -> bool:
+    """Whether a run has a checkpoint at or past the iteration it is to stop at."""
+    if stop_at is None:
+        return False
+    last = ckpt.latest(store.run_dir(study_dir, name))
+    return last is not None and last[0] >= stop_at
+
+
+def run_local(study: StudyPlan, study_dir: Path, jobs: int, nproc: int = 1, progress: bool = True,
+              only: set | None = None, stop_at: dict | None = None) -> dict:
+    """Run pending runs as subprocesses; returns {name: error} for runs that did not finish.
+
+    only: the names to run (default all). stop_at: {name: iteration} to stop a run at (an adaptive study's
+    segment); a run that stops there, or is already there, is paused, not failed.
+    """
+    stop_at = stop_at or {}
+    todo = [s for s in study.runs if store.run_state(study_dir, s.name, set())[0] == "pending"
+            and (only is None or s.name in only) and not _reached(study_dir, s.name, stop_at.get(s.name))]
     total = len(todo)
     # trunks first (longest first), then forks as their fork checkpoint appears
     todo.sort(key=lambda s: (s.trunk is not None, -s.iters, s.name))
@@ -92,6 +108,9 @@ def run_local(study: StudyPlan, study_dir: Path, jobs: int, nproc: int = 1, prog
                 if trunk_state == "done":
                     # e.g. a schedule added after the trunk finished: its fork point was not kept; train it whole
                     todo[todo.index(spec)] = spec = dataclasses.replace(spec, trunk=None, fork_iter=None)
+                elif trunk_state == "settled":  # an adaptive study stopped the trunk before the fork point
+                    todo.remove(spec)
+                    continue
                 elif trunk_state == "failed" or spec.trunk in errors:
                     errors[spec.name] = f"its trunk {spec.trunk} stopped before the fork point {spec.fork_iter}"
                     todo.remove(spec)
@@ -104,8 +123,8 @@ def run_local(study: StudyPlan, study_dir: Path, jobs: int, nproc: int = 1, prog
             if threads:
                 env["OMP_NUM_THREADS"] = str(threads)
             log = open(store.run_dir(study_dir, spec.name) / "log.txt", "a")
-            proc = subprocess.Popen(train_command(spec, study_dir, nproc), stdout=log, stderr=subprocess.STDOUT,
-                                    env=env)
+            proc = subprocess.Popen(train_command(spec, study_dir, nproc, stop_at.get(spec.name)), stdout=log,
+                                    stderr=subprocess.STDOUT, env=env)
             running[spec.name] = (proc, time.time(), log)
             todo.remove(spec)
             if progress:
@@ -124,6 +143,8 @@ def run_local(study: StudyPlan, study_dir: Path, jobs: int, nproc: int = 1, prog
             state, reason = store.run_state(study_dir, name, set())
             if state == "done":
                 line = _summary_line(spec, study_dir)
+            elif _reached(study_dir, name, stop_at.get(name)):
+                line = f"paused at iteration {stop_at[name]}"
             else:
                 reason = reason or _last_line(store.run_dir(study_dir, name) / "log.txt")
                 errors[name] = reason
@@ -228,15 +249,22 @@ def run_pretrain_steps(study: StudyPlan, study_dir: Path, overrides=(), progress
 
 def run_study(study_path: Path, out: Path, executor: str = "local", jobs: int | None = None, nproc: int = 1,
               slurm: dict | None = None, progress: bool = True, overrides=(), pretrain_overrides=(),
-              share_trunks: bool = True) -> int:
+              share_trunks: bool = True, adaptive: bool = False) -> int:
     out = Path(out)
+    if adaptive and executor != "local":
+        raise UserError(f"--adaptive: runs the trunks in segments on this machine (--executor local), "
+                        f"not with --executor {executor}")
     study = load_plan(study_path, overrides, pretrain_dir=out / "pretrain", share_trunks=share_trunks)
     out.mkdir(parents=True, exist_ok=True)
     with store.StudyLock(out):
         atomic_write_text(out / "study.yaml", Path(study_path).read_text())
         store.write_index(out, study)
         run_pretrain_steps(study, out, pretrain_overrides, progress)
-        if executor == "local":
+        if adaptive:
+            from rethink.study.adaptive import run_adaptive
+
+            errors = run_adaptive(study, out, jobs or default_jobs(), progress)
+        elif executor == "local":
             errors = run_local(study, out, jobs or default_jobs(), 1, progress)
         elif executor == "torchrun":
             errors = run_local(study, out, 1, nproc, progress)
@@ -248,9 +276,9 @@ def run_study(study_path: Path, out: Path, executor: str = "local", jobs: int | 
         from rethink.report.render import write_report
 
         report = write_report(out)
-    done = sum(r["state"] == "done" for r in index["runs"])
+    done = sum(r["state"] in ("done", "settled") for r in index["runs"])
     print(f"[study] {done}/{len(index['runs'])} runs done; report: {report}", flush=True)
     for r in index["runs"]:
-        if r["state"] != "done":
+        if r["state"] not in ("done", "settled"):
             print(f"[study] {r['name']}: {r['state']}: {r.get('reason') or ''}", file=sys.stderr)
     return 0 if done == len(index["runs"]) else 1

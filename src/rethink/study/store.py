@@ -20,6 +20,8 @@ def run_state(study_dir: Path, name: str, running: set) -> tuple[str, str | None
     d = run_dir(study_dir, name)
     if (d / "final.json").exists():
         return "done", None
+    if (d / "settled.json").exists():  # stopped by `rethink study --adaptive`: its verdict was settled
+        return "settled", read_json(d / "settled.json").get("reason")
     if (d / "FAILED").exists():
         failed = read_json(d / "FAILED")
         return "failed", f"{failed.get('reason')} at iteration {failed.get('iter')}"
