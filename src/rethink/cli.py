@@ -116,6 +116,7 @@ def _add_study_commands(sub) -> None:
     p.add_argument("--out", default="runs/demo")
     p.add_argument("--quick", action="store_true", help="a much shorter version (checks the pipeline)")
     p.add_argument("--seeds", type=int, default=1, help="run the study over seeds 0..N-1 (paired 95%% intervals)")
+    p.add_argument("--adaptive", action="store_true", help="run the study with rethink study --adaptive")
 
 
 def _config_path(text: str) -> Path:
@@ -313,7 +314,7 @@ def cmd_demo(args) -> int:
     from rethink.demo import run_demo
 
     _writable_dir(args.out)
-    return run_demo(Path(args.out), quick=args.quick, seeds=args.seeds)
+    return run_demo(Path(args.out), quick=args.quick, seeds=args.seeds, adaptive=args.adaptive)
 
 
 COMMANDS = {

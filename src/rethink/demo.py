@@ -6,6 +6,7 @@ Steps, each skipped when already done (the same command resumes after an interru
      random vs pretrained init over schedules and training-set sizes on the target set;
   3. the report in OUT/study/report/index.html.
 `--quick` runs the same pipeline on the tiny benchmark with a few iterations (checks the pipeline, not findings).
+`--adaptive` runs the study with `rethink study --adaptive` (study/adaptive.py).
 `--seeds N` runs the same study over seeds 0..N-1 (same benchmark and pre-trained backbone; each seed changes the
 detector's random weights, sample order and draws), so the report gives paired 95% intervals.
 """
@@ -61,7 +62,7 @@ def study_over_seeds(study_file: Path, seeds: int, out: Path) -> Path:
     return path
 
 
-def run_demo(out: Path, quick: bool = False, jobs: int | None = None, seeds: int = 1) -> int:
+def run_demo(out: Path, quick: bool = False, jobs: int | None = None, seeds: int = 1, adaptive: bool = False) -> int:
     from rethink.study.run import run_study
     from rethink.data.synth import write_benchmark
 
@@ -87,12 +88,14 @@ def run_demo(out: Path, quick: bool = False, jobs: int | None = None, seeds: int
     if quick:
         runs += QUICK_RUN_OVERRIDES
         pretrain += QUICK_PRETRAIN_OVERRIDES
-    code = run_study(study_file, out / "study", jobs=jobs, overrides=runs, pretrain_overrides=pretrain)
+    code = run_study(study_file, out / "study", jobs=jobs, overrides=runs, pretrain_overrides=pretrain,
+                     adaptive=adaptive)
     timings["study_s"] = time.perf_counter() - t0
 
     report = out / "study" / "report" / "index.html"
     timings["total_s"] = time.perf_counter() - start
-    atomic_write_json(out / "demo.json", {"quick": quick, "seeds": seeds, **timings, "report": str(report)})
+    atomic_write_json(out / "demo.json", {"quick": quick, "seeds": seeds, "adaptive": adaptive, **timings,
+                                          "report": str(report)})
     print(f"[demo] 3/3 report: {report}", flush=True)
     print(f"[demo] done in {timings['total_s']:.0f} s (benchmark {timings['benchmark_s']:.0f} s, "
           f"study {timings['study_s']:.0f} s)", flush=True)
