@@ -107,21 +107,19 @@ def train(cfg: RunConfig, out_dir, *, fork_from: Path | None = None, keep_iters=
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     s = cfg.solver
     optimizer = torch.optim.SGD(param_groups(model, s.weight_decay, s.weight_decay_norm), lr=0.0, momentum=s.momentum)
-    factor = sched.parse_schedule(s.schedule)
+    factor, base_lr = sched.parse_schedule(s.schedule), sched.scaled_lr(s.base_lr, s.batch_size)
     max_iter, drops = sched.total_iters(factor, s.iters_1x), sched.drop_iters(factor, s.iters_1x)
-    base_lr = sched.scaled_lr(s.base_lr, s.batch_size)
 
     start_iter, state, how = open_run(out, fork_from, is_main=rank == 0)
     if rank == 0:
         atomic_write_json(out / "init.json", init_report)
-        # one line per training segment: where it started (a resume must start at a checkpoint), and world_size: a
-        # run may be resumed with another number of processes (the sample stream, the global batch and each
-        # image's anchor/RoI draws do not depend on it; see InfiniteSampler, ImageKeyedSampler)
+        # one line per training segment: its start (a checkpoint) and world_size, which may change on a resume
+        # (the sample stream, the batch and each image's draws do not depend on it: see data/sampling.py)
         append_jsonl(out / "segments.jsonl", {"start_iter": start_iter, "resumed": how == "resumed",
                                               "forked": how == "forked", "world_size": world_size, "time": time.time()})
     steps = DetectionSteps(cfg, out, model, optimizer, train_set, val_set, val_check.coco, device, start_iter,
                            rank, world_size, state)
-    del state
+    del state  # the checkpoint's tensors, now in the model and optimizer: not kept twice during training
     periods = Periods(max_iter, cfg.log_period, frozenset(sched.eval_iters(max_iter, cfg.eval_period)),
                       cfg.checkpoint_period, cfg.keep_checkpoints,
                       tuple(int(k) for k in keep_iters if 0 < int(k) < max_iter))
@@ -151,7 +149,8 @@ class DetectionSteps:
     def __init__(self, cfg: RunConfig, out: Path, model, optimizer, train_set, val_set, val_coco, device,
                  start_iter: int, rank: int, world_size: int, state: dict | None):
         self.cfg, self.out, self.model, self.optimizer = cfg, out, model, optimizer
-        self.val_set, self.val_coco, self.device, self.rank, self.world_size = val_set, val_coco, device, rank, world_size
+        self.val_set, self.val_coco, self.device = val_set, val_coco, device
+        self.rank, self.world_size = rank, world_size
         self.dtype = amp_dtype(device, cfg.solver.amp)
         # fp16 only (bf16 needs no loss scaling); its scale is training state: a resume or a fork continues with it
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.dtype == torch.float16)

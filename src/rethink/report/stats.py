@@ -234,12 +234,12 @@ def _read_json_or_fail(path: Path):
         raise UserError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
 
 
-def _load_run(study_dir: Path, index: int, entry: dict) -> RunRecord:
-    for key in ("name", "init", "schedule", "train_size", "seed"):
-        if key not in entry:
-            raise UserError(f"{study_dir / 'study.json'}: runs[{index}] has no '{key}'")
-    run_dir = study_dir / entry.get("path", f"runs/{entry['name']}")
-    # A run whose files cannot be read is left out and listed with the reason; the rest of the report stands.
+def _read_run_files(run_dir: Path) -> tuple:
+    """(metrics lines, final, FAILED, settled, why unreadable) of a run directory.
+
+    A run whose files cannot be read is left out and listed with the reason; the rest of the report stands.
+    A run an adaptive study settled gets the forecast in final's place (`_settled_final`).
+    """
     unreadable = None
     lines = final = failed = settled = None
     try:
@@ -254,11 +254,19 @@ def _load_run(study_dir: Path, index: int, entry: dict) -> RunRecord:
     if unreadable is not None or not isinstance(final, (dict, type(None))) or not isinstance(failed, (dict, type(None))):
         unreadable = unreadable or f"{run_dir}: final.json or FAILED is not a JSON object"
         lines, final, failed = lines if isinstance(lines, list) else [], None, None
-
     if final is None and isinstance(settled, dict) and settled.get("predicted_final_ap") is not None:
         final = _settled_final(settled, [r for r in lines if r.get("type") == "eval"])
     else:
         settled = None
+    return lines, final, failed, settled, unreadable
+
+
+def _load_run(study_dir: Path, index: int, entry: dict) -> RunRecord:
+    for key in ("name", "init", "schedule", "train_size", "seed"):
+        if key not in entry:
+            raise UserError(f"{study_dir / 'study.json'}: runs[{index}] has no '{key}'")
+    run_dir = study_dir / entry.get("path", f"runs/{entry['name']}")
+    lines, final, failed, settled, unreadable = _read_run_files(run_dir)
     declared = entry.get("state", "pending")
     reason = entry.get("reason")
     # The files are the truth; study.json can lag behind a kill.

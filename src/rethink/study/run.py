@@ -73,6 +73,29 @@ def _last_line(path: Path) -> str:
     return lines[-1][:300] if lines else "no output"
 
 
+def _start(spec: RunSpec, study_dir: Path, nproc: int, threads: int | None, stop_at: int | None) -> tuple:
+    """Start one run as a subprocess, its output appended to the run's log.txt: (process, start time, log)."""
+    _prepare_run_dir(spec, study_dir)
+    env = dict(os.environ)
+    if threads:
+        env["OMP_NUM_THREADS"] = str(threads)
+    log = open(store.run_dir(study_dir, spec.name) / "log.txt", "a")
+    proc = subprocess.Popen(train_command(spec, study_dir, nproc, stop_at), stdout=log, stderr=subprocess.STDOUT,
+                            env=env)
+    return proc, time.time(), log
+
+
+def _finished_line(study: StudyPlan, study_dir: Path, name: str, stop_at: int | None, errors: dict) -> str:
+    """What a run's end says: its AP, a pause at its segment's stop, or why it failed (recorded in `errors`)."""
+    state, reason = store.run_state(study_dir, name, set())
+    if state == "done":
+        return _summary_line(next(s for s in study.runs if s.name == name), study_dir)
+    if _reached(study_dir, name, stop_at):
+        return f"paused at iteration {stop_at}"
+    errors[name] = reason or _last_line(store.run_dir(study_dir, name) / "log.txt")
+    return f"FAILED: {errors[name]}"
+
+
 def _reached(study_dir: Path, name: str, stop_at: int | None) -> bool:
     """Whether a run has a checkpoint at or past the iteration it is to stop at."""
     if stop_at is None:
@@ -118,14 +141,7 @@ def run_local(study: StudyPlan, study_dir: Path, jobs: int, nproc: int = 1, prog
                     continue
                 else:
                     continue
-            _prepare_run_dir(spec, study_dir)
-            env = dict(os.environ)
-            if threads:
-                env["OMP_NUM_THREADS"] = str(threads)
-            log = open(store.run_dir(study_dir, spec.name) / "log.txt", "a")
-            proc = subprocess.Popen(train_command(spec, study_dir, nproc, stop_at.get(spec.name)), stdout=log,
-                                    stderr=subprocess.STDOUT, env=env)
-            running[spec.name] = (proc, time.time(), log)
+            running[spec.name] = _start(spec, study_dir, nproc, threads, stop_at.get(spec.name))
             todo.remove(spec)
             if progress:
                 source = f" (fork of {spec.trunk} at {spec.fork_iter})" if spec.trunk else ""
@@ -139,16 +155,7 @@ def run_local(study: StudyPlan, study_dir: Path, jobs: int, nproc: int = 1, prog
             log.close()
             del running[name]
             finished += 1
-            spec = next(s for s in study.runs if s.name == name)
-            state, reason = store.run_state(study_dir, name, set())
-            if state == "done":
-                line = _summary_line(spec, study_dir)
-            elif _reached(study_dir, name, stop_at.get(name)):
-                line = f"paused at iteration {stop_at[name]}"
-            else:
-                reason = reason or _last_line(store.run_dir(study_dir, name) / "log.txt")
-                errors[name] = reason
-                line = f"FAILED: {reason}"
+            line = _finished_line(study, study_dir, name, stop_at.get(name), errors)
             if progress:
                 print(f"[study] {finished}/{total} {name}: {line}", flush=True)
             store.write_index(study_dir, study, set(running), errors)
