@@ -120,3 +120,25 @@ def same(a, b) -> bool:
     import json
 
     return json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)
+
+
+def write_tiny_study(root: Path, coco_data: Path, matrix: dict, config: dict | None = None, **extra) -> Path:
+    """A study file over tiny_config_dict (with `config` keys replaced) and a random-weights "pretrained" body in
+    root/weights.safetensors; `matrix` gets `init: [random, that file]`. Returns the study file's path."""
+    import torch
+    import yaml
+    from safetensors.torch import save_file
+
+    from rethink.models import backbone as bb
+
+    cfg = {**tiny_config_dict(coco_data), **(config or {})}
+    write_config(root / "base.yaml", cfg)
+    torch.manual_seed(11)
+    body, _ = bb.build_resnet("tiny", "gn", tuple(cfg["model"]["tiny_widths"]), (1, 1, 1, 1))
+    weights = root / "weights.safetensors"
+    save_file({k: v.contiguous() for k, v in body.state_dict().items()}, str(weights))
+    study = {"name": "tiny", "base": "base.yaml", "matrix": {"init": ["random", str(weights)], **matrix},
+             "report": {"margin_ap": 1.0}, **extra}
+    path = root / "study.yaml"
+    path.write_text(yaml.safe_dump(study))
+    return path

@@ -10,13 +10,9 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
-import yaml
-from safetensors.torch import save_file
 
-from conftest import run_cli, same, tiny_config_dict, write_config
+from conftest import run_cli, same, write_tiny_study
 from rethink.fileio import read_json, read_jsonl
-from rethink.models import backbone as bb
 from rethink.study.adaptive import segment_stop, settle
 
 
@@ -62,19 +58,9 @@ def test_settle_within_behind_and_open():
 
 
 def write_adaptive_study(root: Path, coco_data: Path, margin: float) -> Path:
-    cfg = tiny_config_dict(coco_data)
-    cfg.update(eval_period=2, checkpoint_period=2, log_period=2)
-    write_config(root / "base.yaml", cfg)
-    torch.manual_seed(11)
-    body, _ = bb.build_resnet("tiny", "gn", tuple(cfg["model"]["tiny_widths"]), (1, 1, 1, 1))
-    save_file({k: v.contiguous() for k, v in body.state_dict().items()}, str(root / "weights.safetensors"))
-    study = {"name": "adaptive", "base": "base.yaml",
-             "matrix": {"init": ["random", str(root / "weights.safetensors")], "solver.schedule": ["2x", "4x"],
-                        "data.train_size": ["full"], "seed": [0]},
-             "report": {"margin_ap": margin}}
-    path = root / "study.yaml"
-    path.write_text(yaml.safe_dump(study))
-    return path
+    matrix = {"solver.schedule": ["2x", "4x"], "data.train_size": ["full"], "seed": [0]}
+    return write_tiny_study(root, coco_data, matrix, {"eval_period": 2, "checkpoint_period": 2, "log_period": 2},
+                            name="adaptive", report={"margin_ap": margin})
 
 
 @pytest.fixture(scope="module")

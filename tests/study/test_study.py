@@ -4,40 +4,21 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 import yaml
-from safetensors.torch import save_file
 
-from conftest import eval_rows, run_cli, same, tiny_config_dict, write_config
+from conftest import eval_rows, run_cli, same, write_tiny_study
 from rethink.config import config_from_dict
 from rethink.engine.train import train
 from rethink.errors import UserError
 from rethink.fileio import read_json, read_jsonl
-from rethink.models import backbone as bb
 from rethink.study.plan import load_plan, plan_summary
 from rethink.study.run import run_study
 from rethink.study.store import StudyLock
 
 
 def write_study(root: Path, coco_data: Path, **extra) -> Path:
-    cfg = tiny_config_dict(coco_data)
-    cfg["eval_period"] = 4
-    write_config(root / "base.yaml", cfg)
-    torch.manual_seed(11)
-    body, _ = bb.build_resnet("tiny", "gn", tuple(cfg["model"]["tiny_widths"]), (1, 1, 1, 1))
-    weights = root / "weights.safetensors"
-    save_file({k: v.contiguous() for k, v in body.state_dict().items()}, str(weights))
-    study = {
-        "name": "tiny",
-        "base": "base.yaml",
-        "matrix": {"init": ["random", str(weights)], "solver.schedule": ["1x", "2x"],
-                   "data.train_size": [12, "full"], "seed": [0]},
-        "report": {"margin_ap": 1.0},
-        **extra,
-    }
-    path = root / "study.yaml"
-    path.write_text(yaml.safe_dump(study))
-    return path
+    matrix = {"solver.schedule": ["1x", "2x"], "data.train_size": [12, "full"], "seed": [0]}
+    return write_tiny_study(root, coco_data, matrix, {"eval_period": 4}, **extra)
 
 
 @pytest.fixture(scope="module")
