@@ -11,7 +11,7 @@ offline, with nothing to download:
   scale, rotation and colour over a shaded background, often beside a smaller shape of another class, with
   distractor strokes and pixel noise. Like ImageNet it teaches generic features - edges, corners, curvature,
   stripes, colour contrast - and like ImageNet it is not solved: small, rotated, faint, cropped and partly covered
-  shapes keep top-1 well below 100% (about 57% after the demo's pre-training).
+  shapes keep top-1 well below 100% (about 57% after 1,000 iterations of pre-training, 27% after the demo's 600).
 - ``target/{train,val}/images/*.png`` and ``target/{train,val}/annotations.json`` - the detection
   set, in COCO format with instance masks. Images (64x64 at the demo scale) with one or two objects of 5
   categories that are compositions of simple parts (a house is a square under a triangle; a dumbbell two discs
@@ -25,7 +25,7 @@ classes is a part of a target object (ImageNet does not hold COCO's objects eith
 pre-trained on the target objects' own parts, a stronger transfer than the paper's). The target task (find, name
 and delineate composite objects) is one no source label names. The demo scale makes the target large relative to
 its difficulty, so that random init, which must learn its features from the target alone, reaches the
-pretrained accuracy within the demo's compute, and falls behind on a few hundred images - the paper's setting, at
+pretrained accuracy within the demo's compute, and falls behind on a hundred images - the paper's setting, at
 a scale that runs in minutes. Whether it does so is what a study measures; the difficulty knobs (classes, shape
 and object sizes, number of objects, clutter, occluders, noise) are fields of `Scale`, so a harder or easier
 variant is one new entry in `SCALES`.
