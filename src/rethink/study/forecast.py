@@ -8,11 +8,14 @@ until its own first LR drop, and every schedule of 2x or longer then trains the 
 
 - f is the pre-drop curve of the arm (one (init, train_size, other) across its seeds and schedules), fitted to
   every evaluation at or before a run's first drop (an evaluation at the drop iteration sees the model before
-  it). Two saturating families, t in units of 1x:
-      exp: a - b * exp(-t / tau)          pow: a - b * t^(-c)
-  They fit the observed part about equally well and part ways when extrapolated (exp saturates, pow keeps
-  rising), so neither is chosen outright: forecasts mix them by Akaike weights (n log(SSE/n) + 2k; clean
-  curves pick their own family, noisy short ones keep both and the interval shows the disagreement).
+  it). Three saturating families, t in units of 1x:
+      exp: a - b * exp(-t / tau)          pow: a - b * t^(-c)          hill: a / (1 + (k / t)^d)
+  exp and pow are concave from the start (a pretrained arm's curve); hill is S-shaped in log t when d > 1, the
+  shape of a random-init curve that starts slowly, rises steeply and then saturates (Hill's equation, the MMF
+  family of learning-curve studies). Concave families fitted to the steep middle of an S-shaped curve overshoot
+  its plateau; hill fitted to a concave curve takes d <= 1. They fit the observed part about equally well and part
+  ways when extrapolated, so none is chosen outright: forecasts mix them by Akaike weights (n log(SSE/n) + 2k;
+  clean curves pick their own family, noisy short ones keep several and the interval shows the disagreement).
 - jump(tail) is everything the tail adds after d1 (both drops, and any over-fitting on small data), learned from
   the arm's runs that have finished a tail of that length (the forks of shorter schedules, the finished trunk):
   jump_i = final_i - f(d1_i), averaged. An arm that has finished no such run borrows the jump as a fraction of
@@ -43,7 +46,7 @@ from rethink.report.stats import PRIMARY, RANDOM, StudyResults, size_sort_key
 INTERVAL = 0.8
 MIN_POINTS = 4  # three parameters per family, and one degree of freedom for the residuals
 N_BOOT = 300
-FAMILIES = ("exp", "pow")
+FAMILIES = ("exp", "pow", "hill")
 N_PARAMS = 3
 AP_MAX = 100.0
 # A perfect fit would give SSE = 0 and an infinite Akaike weight: residuals below 0.01 AP are treated as 0.01
@@ -51,7 +54,7 @@ SSE_FLOOR_PER_POINT = 1e-4
 
 
 # ---------------------------------------------------------------------------------------------
-# The two curve families
+# The curve families
 # ---------------------------------------------------------------------------------------------
 
 
@@ -63,8 +66,13 @@ def _pow(x, a, b, c):
     return a - b * np.power(x, -c)
 
 
-_FUNCS = {"exp": _exp, "pow": _pow}
-_BOUNDS = {"exp": ([0.0, 0.0, 1e-3], [AP_MAX, 1e3, 1e3]), "pow": ([0.0, 0.0, 0.05], [AP_MAX, 1e4, 10.0])}
+def _hill(x, a, k, d):
+    return a / (1.0 + np.power(k / np.maximum(x, 1e-9), d))
+
+
+_FUNCS = {"exp": _exp, "pow": _pow, "hill": _hill}
+_BOUNDS = {"exp": ([0.0, 0.0, 1e-3], [AP_MAX, 1e3, 1e3]), "pow": ([0.0, 0.0, 0.05], [AP_MAX, 1e4, 10.0]),
+           "hill": ([0.0, 1e-3, 0.2], [AP_MAX, 1e3, 8.0])}
 
 
 def curve_value(family: str, params, x):
@@ -75,7 +83,7 @@ def curve_value(family: str, params, x):
 @dataclass(frozen=True)
 class CurveFit:
     family: str
-    params: tuple  # exp: (a, b, tau); pow: (a, b, c); x in units of 1x
+    params: tuple  # exp: (a, b, tau); pow: (a, b, c); hill: (a, k, d); x in units of 1x
     sse: float
     n: int
     residuals: tuple
@@ -94,6 +102,9 @@ def _starts(family: str, x, y) -> list:
         if family == "exp":
             for tau in (0.5 * x_end, x_end, 3.0 * x_end):
                 starts.append((a, max(a - float(np.min(y)), 1e-3) * math.exp(x0 / tau), tau))
+        elif family == "hill":
+            for k, d in ((0.5 * x_end, 1.0), (x_end, 2.0), (2.0 * x_end, 3.0)):
+                starts.append((a, k, d))
         else:
             for c in (0.3, 1.0, 2.0):
                 starts.append((a, max(a - float(y[np.argmin(x)]), 1e-3) * x0**c, c))
