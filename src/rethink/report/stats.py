@@ -8,9 +8,9 @@ Three layers, each usable on its own:
    comparisons, findings, missing and failed runs.
 
 Finding rules (d = pretrained minus random, paired by seed; m = the study's margin_ap):
-- "ahead" (converges_faster, small_data_hurts_random): holds when mean(d) > m and, with n >= 2, the
-  95% t interval of d lies above 0; with n >= 2, mean(d) > m but an interval reaching 0 is
-  not_enough_evidence; mean(d) <= m does_not_hold. With n = 1 only the margin decides.
+- "ahead" (converges_faster, small_data_hurts_random): with n >= 2, holds when the whole 95% t
+  interval of d lies above m, does_not_hold when the whole interval is <= m, not_enough_evidence
+  when it straddles m. With n = 1 only the margin decides: holds when d > m.
 - "within" (catches_up, localization, how much data random needs): with n >= 2, holds when the
   whole 95% interval is <= m (an equivalence-style test: the data rule out a gap larger than the
   margin), does_not_hold when the whole interval is > m, not_enough_evidence when it straddles m.
