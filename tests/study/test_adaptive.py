@@ -57,6 +57,28 @@ def test_settle_within_behind_and_open():
     assert [(d["train_size"], d["verdict"]) for d in settle(two, margin)] == [("full", "within")]
 
 
+def arm(init, weight_at_bound, level, size="full"):
+    return {"init": init, "train_size": size, "other": {}, "weight_at_bound": weight_at_bound,
+            "level_at_last_iter": level}
+
+
+def test_an_arm_with_no_plateau_in_sight_settles_only_what_holds_whatever_its_plateau():
+    margin = 2.0
+    # the one-seed demo at 50%: random's forecast above pretrained's, but every fit of random at AP_MAX
+    cells = [cell("pre", "6x", 600, [23.2, 27.8]), cell("random", "6x", 600, [27.4, 41.8])]
+    assert [d["verdict"] for d in settle({"cells": cells, "arms": [arm("random", 0.1, 16.1)]}, margin)] == ["within"]
+    # random counts as anywhere from its latest level (16.1) to 100: within is no longer shown
+    assert settle({"cells": cells, "arms": [arm("random", 1.0, 16.1)]}, margin) == []
+    # behind is never shown for an unbounded random arm (its plateau could be anywhere above)
+    behind = [cell("pre", "6x", 600, [40.0, 42.0]), cell("random", "6x", 600, [20.0, 25.0])]
+    assert [d["verdict"] for d in settle({"cells": behind, "arms": [arm("random", 0.0, 20.0)]}, margin)] == ["behind"]
+    assert settle({"cells": behind, "arms": [arm("random", 0.9, 20.0)]}, margin) == []
+    # a verdict that holds whatever the plateau still settles: pretrained unbounded, random far above its level
+    ahead = [cell("pre", "6x", 600, [10.0, 12.0]), cell("random", "6x", 600, [40.0, 42.0])]
+    (d,) = settle({"cells": ahead, "arms": [arm("pre", 1.0, 9.0)]}, 100.0)
+    assert d["verdict"] == "within" and d["pretrained_best"]["pre"]["interval"] == [9.0, 100.0]
+
+
 def write_adaptive_study(root: Path, coco_data: Path, margin: float) -> Path:
     matrix = {"solver.schedule": ["2x", "4x"], "data.train_size": ["full"], "seed": [0]}
     return write_tiny_study(root, coco_data, matrix, {"eval_period": 2, "checkpoint_period": 2, "log_period": 2},

@@ -143,6 +143,12 @@ def fit_curve(x, y, family: str, start=None) -> CurveFit | None:
     return CurveFit(family=family, params=best[0], sse=best[1], n=len(x), residuals=best[2])
 
 
+def weight_at_bound(fits: list, weights: list) -> float:
+    """The Akaike weight of the fits whose asymptote sits at AP_MAX: the data would take any higher plateau, so
+    what those fits forecast is set by the bound, not by the curve (a curve that has not started to bend)."""
+    return float(sum(w for f, w in zip(fits, weights) if f.params[0] >= AP_MAX - 1e-6))
+
+
 def akaike_weights(fits: list) -> list:
     aics = [f.aic for f in fits]
     low = min(aics)
@@ -486,6 +492,8 @@ def forecast_study(study: StudyResults, factors=None, n_boot: int = N_BOOT, seed
         arms_out.append({
             "init": arm.init, "train_size": arm.train_size, "other": arm.other, "points": int(len(arm.x)),
             "last_iter": arm.last_iter, "note": arm.note,
+            "level_at_last_iter": float(np.mean(arm.y[arm.x == arm.x.max()])) if len(arm.x) else None,
+            "weight_at_bound": weight_at_bound(arm.fits, arm.weights),
             "fits": [{"family": f.family, "params": list(f.params), "weight": w, "rms": math.sqrt(f.sse / f.n)}
                      for f, w in zip(arm.fits, arm.weights)],
             "jump_by_tail_iters": jumps,
