@@ -59,7 +59,7 @@ def test_settle_within_behind_and_open():
 
 def arm(init, weight_at_bound, level, size="full"):
     return {"init": init, "train_size": size, "other": {}, "weight_at_bound": weight_at_bound,
-            "level_at_last_iter": level}
+            "plateau_in_sight": weight_at_bound <= 0.2, "level_at_last_iter": level}
 
 
 def test_an_arm_with_no_plateau_in_sight_settles_only_what_holds_whatever_its_plateau():

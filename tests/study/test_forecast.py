@@ -137,6 +137,25 @@ def test_cut_curve_forecasts_the_planted_final_inside_its_interval(tmp_path, fra
         assert c["interval"][0] <= truth <= c["interval"][1], (init, c)
 
 
+def test_a_curve_with_no_plateau_in_sight_is_flagged_not_trusted(tmp_path, monkeypatch):
+    # random planted as a straight line (1 + 5t AP, t in units of 1x: a curve that has not started to bend, as the
+    # demo's are at 40% of their trunk); pretrained saturating
+    from rethink.study import forecast
+
+    monkeypatch.setitem(forecast._FUNCS, "line", lambda x, a, b, _: a + b * x)
+    monkeypatch.setitem(PLANTED, "random", {"family": "line", "params": (1.0, 5.0, 0.0), "jump": 2.0})
+    study = load_results(write_planted(tmp_path, noise=0.3))
+    result = forecast_study(truncate_study(study, {("full", "{}"): int(0.4 * sched.total_iters(8.0, ITERS_1X))}))
+    arms = {a["init"]: a for a in result["arms"]}
+    assert arms["random"]["weight_at_bound"] > 0.9 and arms["random"]["plateau_in_sight"] is False
+    assert arms["pretrain"]["weight_at_bound"] == 0.0 and arms["pretrain"]["plateau_in_sight"] is True
+    assert "no plateau in sight" in cell(result, "random", "8x")["note"]
+    assert "no plateau in sight" not in (cell(result, "pretrain", "8x")["note"] or "")
+    # the level the adaptive rule falls back on: random's AP at its latest evaluation before the drop
+    assert arms["random"]["level_at_last_iter"] == pytest.approx(1.0 + 5.0 * arms["random"]["last_iter"] / ITERS_1X,
+                                                                 abs=1.0)
+
+
 def test_catch_up_schedule_matches_the_planted_curves(tmp_path):
     margin = 1.0
     result = forecast_study(load_results(write_planted(tmp_path, margin=margin)), factors=range(2, 31))

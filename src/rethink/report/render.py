@@ -419,7 +419,7 @@ def study_forecast(study) -> dict:
         result = forecast_study(study)
     except UserError as exc:
         return {"not_available": str(exc)}
-    return {k: result[k] for k in ("interval", "margin_ap", "cells", "catch_up")}
+    return {k: result[k] for k in ("interval", "margin_ap", "cells", "catch_up", "arms")}
 
 
 def write_report(study_dir) -> Path:

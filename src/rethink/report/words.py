@@ -365,6 +365,12 @@ def forecast_sentences(summary: dict) -> list:
         else:
             out.append(f"{where}{extra}, against {c['init']}: random init is forecast to catch up at {c['schedule']} "
                        f"({fmt_int(c['iters'])} iterations; probability {c['probability']:.0%}).")
+    for arm in forecast.get("arms", []):
+        if arm.get("fits") and arm.get("plateau_in_sight") is False:
+            where = size_label(arm["train_size"], _images_of(summary, arm["train_size"], arm["other"]))
+            out.append(f"{arm['init']} on {where}: no plateau in sight yet (fits with the asymptote at the 100 AP "
+                       f"bound carry over {100 - pct}% of its weight), so its forecasts are set by that bound, not "
+                       "by the curve; train further before relying on them.")
     return out
 
 

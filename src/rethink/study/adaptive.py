@@ -10,7 +10,7 @@ study runs every trunk to a share of its iterations (SEGMENTS), forecasts every 
 - otherwise the trunks of that size go on to the next segment, and at the last to the end.
 
 An arm with no plateau in sight (fits whose asymptote sits at its bound carry more than 1 - INTERVAL of its
-Akaike weight: forecast.weight_at_bound) has a forecast set by the bound, not by its curve. Its cells then count
+Akaike weight: forecast.plateau_in_sight) has a forecast set by the bound, not by its curve. Its cells then count
 as anywhere from the arm's latest level to AP_MAX, so a size settles on such an arm only when the verdict holds
 whatever its plateau. On the one-seed demo this kept the 100-image size from settling "within" at 50% on a random
 curve still rising steeply (its forecast [27.4, 41.8], measured 20.9; benchmarks/README.md, "Adaptive study").
@@ -33,7 +33,7 @@ from rethink.engine import checkpoint as ckpt
 from rethink.errors import UserError
 from rethink.fileio import atomic_write_json, read_json
 from rethink.study import store
-from rethink.study.forecast import AP_MAX, INTERVAL
+from rethink.study.forecast import AP_MAX
 
 SEGMENTS = (0.3, 0.4, 0.5, 0.6, 0.8)  # shares of each trunk's iterations after which the study forecasts
 DECISIONS = "adaptive.json"
@@ -106,7 +106,7 @@ def _interval(cell, arms: dict) -> list | None:
     if not cell.get("interval"):
         return None
     arm = arms.get((cell["init"], str(cell["train_size"]), repr(sorted((cell.get("other") or {}).items()))))
-    if arm is not None and arm["weight_at_bound"] > 1 - INTERVAL and arm["level_at_last_iter"] is not None:
+    if arm is not None and not arm["plateau_in_sight"] and arm["level_at_last_iter"] is not None:
         return [min(arm["level_at_last_iter"], cell["interval"][0]), AP_MAX]
     return list(cell["interval"])
 

@@ -149,6 +149,16 @@ def weight_at_bound(fits: list, weights: list) -> float:
     return float(sum(w for f, w in zip(fits, weights) if f.params[0] >= AP_MAX - 1e-6))
 
 
+def plateau_in_sight(weight_at_bound_: float) -> bool:
+    """Whether an arm's forecast rests on its curve: fits at the bound carry no more than the share of the
+    forecast that its interval leaves out (1 - INTERVAL)."""
+    return weight_at_bound_ <= 1 - INTERVAL
+
+
+NO_PLATEAU_NOTE = (f"no plateau in sight: fits with the asymptote at the {AP_MAX:g} AP bound carry over "
+                   f"{1 - INTERVAL:.0%} of the weight, so the forecast is set by the bound, not by the curve")
+
+
 def akaike_weights(fits: list) -> list:
     aics = [f.aic for f in fits]
     low = min(aics)
@@ -477,7 +487,9 @@ def forecast_study(study: StudyResults, factors=None, n_boot: int = N_BOOT, seed
             samples = s["finals"].get(factor) if s else None
             if samples is not None:
                 mid, lo, hi = _quantiles(samples)
-                cell.update(predicted_final_ap=mid, interval=[lo, hi], note=s["notes"][factor])
+                unbounded = not plateau_in_sight(weight_at_bound(arm.fits, arm.weights))
+                note = "; ".join(n for n in (s["notes"][factor], NO_PLATEAU_NOTE if unbounded else None) if n)
+                cell.update(predicted_final_ap=mid, interval=[lo, hi], note=note or None)
             elif s is not None:
                 cell["note"] = s["notes"][factor]
             cells.append(cell)
@@ -494,6 +506,7 @@ def forecast_study(study: StudyResults, factors=None, n_boot: int = N_BOOT, seed
             "last_iter": arm.last_iter, "note": arm.note,
             "level_at_last_iter": float(np.mean(arm.y[arm.x == arm.x.max()])) if len(arm.x) else None,
             "weight_at_bound": weight_at_bound(arm.fits, arm.weights),
+            "plateau_in_sight": plateau_in_sight(weight_at_bound(arm.fits, arm.weights)),
             "fits": [{"family": f.family, "params": list(f.params), "weight": w, "rms": math.sqrt(f.sse / f.n)}
                      for f, w in zip(arm.fits, arm.weights)],
             "jump_by_tail_iters": jumps,
