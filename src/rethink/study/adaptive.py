@@ -62,8 +62,7 @@ def settle(forecast: dict, margin: float) -> list[dict]:
         g = groups.setdefault(key, {"train_size": cell["train_size"], "other": cell.get("other") or {},
                                     "cells": []})
         g["cells"].append(cell)
-    arms = {(a["init"], str(a["train_size"]), repr(sorted((a.get("other") or {}).items()))): a
-            for a in forecast.get("arms", [])}
+    arms = {_arm_key(a): a for a in forecast.get("arms", [])}
     decisions = []
     for g in groups.values():
         planned = [c for c in g["cells"] if c.get("planned")]
@@ -96,6 +95,11 @@ def settle(forecast: dict, margin: float) -> list[dict]:
     return decisions
 
 
+def _arm_key(d: dict) -> tuple:
+    """(init, train_size, other) of a forecast cell or arm."""
+    return (d["init"], str(d["train_size"]), repr(sorted((d.get("other") or {}).items())))
+
+
 def _interval(cell, arms: dict) -> list | None:
     """[lo, hi] of a cell: its observed final AP when every seed is done (a known value), else its forecast, or
     [latest level, AP_MAX] when its arm has no plateau in sight (module docstring)."""
@@ -105,7 +109,7 @@ def _interval(cell, arms: dict) -> list | None:
         return [cell["observed_final_ap"], cell["observed_final_ap"]]
     if not cell.get("interval"):
         return None
-    arm = arms.get((cell["init"], str(cell["train_size"]), repr(sorted((cell.get("other") or {}).items()))))
+    arm = arms.get(_arm_key(cell))
     if arm is not None and not arm["plateau_in_sight"] and arm["level_at_last_iter"] is not None:
         return [min(arm["level_at_last_iter"], cell["interval"][0]), AP_MAX]
     return list(cell["interval"])
