@@ -197,6 +197,18 @@ def test_interval_straddling_the_margin_is_not_enough_evidence(tmp_path):
     assert summary["questions"]["necessary"]["answer"] == "unclear"
     # the lead early in training is still far above the margin despite the noise
     assert summary["findings"]["converges_faster"]["lead"]["ci_low"] > 1.0
+    # an unsettled finding says how many seeds would settle it, and that number settles it when its mean holds
+    n = catch["seeds_to_settle"]
+    assert n is not None and n > 3
+    gap = catch["gap"]
+    side = -1 if gap["mean"] < 1.0 else 1
+    half = stats.scipy_stats.t.ppf(0.975, n - 1) * gap["std"] / math.sqrt(n)
+    assert side * (gap["mean"] - side * half - 1.0) > 0
+    assert f"about {n} seeds would settle it" in words.finding_text("catches_up", catch, "pretrain")
+    # a settled finding carries no projection and no sentence about it
+    fast = summary["findings"]["converges_faster"]
+    assert fast["status"] == "holds" and fast["seeds_to_settle"] is None
+    assert "seeds would" not in words.finding_text("converges_faster", fast, "pretrain")
 
 
 def test_random_that_does_not_catch_up(tmp_path):

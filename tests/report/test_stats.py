@@ -122,6 +122,47 @@ def test_within_status_rules():
         assert stats.within_status(d, margin) == expected
 
 
+def _sample(mean, std, n):
+    """n values with exactly this mean and sample standard deviation."""
+    z = [i - (n - 1) / 2 for i in range(n)]
+    scale = math.sqrt(sum(v * v for v in z) / (n - 1))
+    return [mean + std * v / scale for v in z]
+
+
+def test_seeds_to_settle_by_hand():
+    # leads 4.8, 2.0, 6.3 AP over three seeds: mean 4.367, sd 2.183; interval [-1.06, +9.79] straddles 2.
+    # The low end passes 2 when t(0.975, n-1) * 2.183 / sqrt(n) < 2.367: n=5 gives 2.71, n=6 gives 2.29.
+    diff = stats.paired_difference([4.8, 2.0, 6.3], [0.0, 0.0, 0.0])
+    assert stats.ahead_status(diff, 2.0) == stats.NOT_ENOUGH
+    assert stats.seeds_to_settle(diff, 2.0) == 6
+    # the projection agrees with the rule itself: the same mean and spread over 6 seeds holds, over 5 does not
+    for n, status in ((5, stats.NOT_ENOUGH), (6, stats.HOLDS)):
+        more = stats.paired_difference(_sample(diff["mean"], diff["std"], n), [0.0] * n)
+        assert more["std"] == pytest.approx(diff["std"]) and more["mean"] == pytest.approx(diff["mean"])
+        assert stats.ahead_status(more, 2.0) == status
+
+
+def test_seeds_to_settle_below_the_margin_and_where_it_cannot_be_said():
+    margin = 2.0
+    # gap -0.2, sd 1.65 (about the 3-seed demo's AP75 gap): the high end falls to the margin when
+    # t(0.975, n-1) * 1.65 / sqrt(n) <= 2.2: n=4 gives 2.63, n=5 gives 2.05
+    diff = stats.paired_difference(_sample(-0.2, 1.65, 3), [0.0] * 3)
+    assert stats.within_status(diff, margin) == stats.NOT_ENOUGH
+    assert stats.seeds_to_settle(diff, margin) == 5
+    settled = stats.paired_difference(_sample(-0.2, 1.65, 5), [0.0] * 5)
+    assert stats.within_status(settled, margin) == stats.HOLDS
+    # a mean 0.1 AP from the margin with sd 2 would need ~1,500 seeds: beyond the projection
+    assert stats.seeds_to_settle(stats.paired_difference(_sample(1.9, 2.0, 3), [0.0] * 3), margin) is None
+    assert stats.seeds_to_settle(stats.paired_difference(_sample(1.9, 2.0, 3), [0.0] * 3), margin,
+                                 max_seeds=2000) > 1000
+    # already clear of the margin: its own number of seeds
+    assert stats.seeds_to_settle(stats.paired_difference(_sample(6.0, 0.5, 3), [0.0] * 3), margin) == 3
+    # nothing to project from
+    assert stats.seeds_to_settle(stats.paired_difference([3.0], [0.0]), margin) is None
+    assert stats.seeds_to_settle(stats.paired_difference([3.0, 3.0], [1.0, 1.0]), margin) is None  # no spread
+    assert stats.seeds_to_settle(stats.paired_difference(_sample(2.0, 1.0, 3), [0.0] * 3), margin) is None
+
+
 def test_formatting_of_counts_and_intervals():
     assert words.fmt_count(1_280_000) == "1.28M"
     assert words.fmt_count(128_000_000) == "128M"

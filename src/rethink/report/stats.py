@@ -2,7 +2,7 @@
 
 Three layers, each usable on its own:
 1. pure functions on plain numbers (`mean_std`, `paired_difference`, `iters_to_fraction`,
-   `ahead_status`, `within_status`), unit-tested on constructed values;
+   `ahead_status`, `within_status`, `seeds_to_settle`), unit-tested on constructed values;
 2. `load_results` reads a study directory (study.json + run dirs) into `StudyResults` / `RunRecord`;
 3. `summarize` turns a loaded study into the dict written as report/summary.json: cells, paired
    comparisons, findings, missing and failed runs.
@@ -15,6 +15,8 @@ Finding rules (d = pretrained minus random, paired by seed; m = the study's marg
   whole 95% interval is <= m (an equivalence-style test: the data rule out a gap larger than the
   margin), does_not_hold when the whole interval is > m, not_enough_evidence when it straddles m.
   With n = 1 only the margin decides: holds when d <= m.
+A not_enough_evidence finding also says how many seeds would settle it if its mean and spread held
+(`seeds_to_settle`, up to MAX_SEEDS_PROJECTED): a plan for the next runs, never part of the status.
 """
 
 import json
@@ -36,6 +38,7 @@ FRACTION_OF_BEST = 0.9
 HOLDS = "holds"
 DOES_NOT_HOLD = "does_not_hold"
 NOT_ENOUGH = "not_enough_evidence"
+MAX_SEEDS_PROJECTED = 20  # seeds_to_settle looks no further: past that a study needs another design, not more seeds
 
 
 
@@ -130,6 +133,25 @@ def ahead_status(diff: dict, margin: float) -> str:
 def within_status(diff: dict, margin: float) -> str:
     """Is the first arm ahead by at most `margin`? The mirror image of `ahead_status`."""
     return {HOLDS: DOES_NOT_HOLD, DOES_NOT_HOLD: HOLDS, NOT_ENOUGH: NOT_ENOUGH}[ahead_status(diff, margin)]
+
+
+def seeds_to_settle(diff: dict, margin: float, max_seeds: int = MAX_SEEDS_PROJECTED, confidence: float = CONFIDENCE):
+    """The smallest number of seeds at which the paired interval would lie wholly on the mean's side of the
+    margin, if the mean and the spread between seeds stayed as measured: a plan for the next runs, not a result.
+
+    The side follows the mean: above the margin (the interval's low end must pass it) or at or below it (the
+    high end). None when it cannot be said (fewer than two seeds, no spread, the mean exactly at the margin) or
+    when it would take more than `max_seeds`. A diff whose interval already clears the margin gives its own n.
+    """
+    if diff is None or diff["n"] < 2 or not diff["std"] or diff["mean"] == margin:
+        return None
+    distance = abs(diff["mean"] - margin)
+    for n in range(diff["n"], max_seeds + 1):
+        half_width = scipy_stats.t.ppf(0.5 + confidence / 2, n - 1) * diff["std"] / math.sqrt(n)
+        # strict above the margin, as ahead_status; at the margin counts as within, as within_status
+        if half_width < distance or (diff["mean"] < margin and half_width == distance):
+            return n
+    return None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -780,13 +802,25 @@ def finding_localization(grid: _Grid, margin: float) -> dict:
 FINDING_KEYS = ("converges_faster", "catches_up", "small_data_hurts_random", "localization")
 
 
+# The paired difference each finding's status is decided on
+DECIDING_DIFF = {"converges_faster": "lead", "catches_up": "gap", "small_data_hurts_random": "gap",
+                 "localization": "gap_ap75"}
+
+
 def findings_for(grid: _Grid, margin: float) -> dict:
-    return {
+    findings = {
         "converges_faster": finding_converges_faster(grid, margin),
         "catches_up": finding_catches_up(grid, margin),
         "small_data_hurts_random": finding_small_data(grid, margin),
         "localization": finding_localization(grid, margin),
     }
+    for key, finding in findings.items():
+        diff = finding.get(DECIDING_DIFF[key])
+        finding["seeds_to_settle"] = None
+        if finding["status"] == NOT_ENOUGH and diff is not None and diff["n"] >= 2:
+            finding["seeds_to_settle"] = seeds_to_settle(diff, margin)
+            finding["seeds_projected_max"] = MAX_SEEDS_PROJECTED
+    return findings
 
 
 def _no_source_findings(reason: str) -> dict:

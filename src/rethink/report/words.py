@@ -204,10 +204,21 @@ FINDING_TEXT = {"converges_faster": converges_faster_text, "catches_up": catches
                 "small_data_hurts_random": small_data_text, "localization": localization_text}
 
 
+def _seeds_text(finding: dict) -> str:
+    """What more seeds would do for a not_enough_evidence finding, from stats.seeds_to_settle."""
+    if finding.get("status") != NOT_ENOUGH or "seeds_projected_max" not in finding:
+        return ""
+    n = finding["seeds_to_settle"]
+    if n is None:
+        return (f" At this spread between seeds, even {finding['seeds_projected_max']} seeds would not settle it: "
+                f"the mean is too close to the margin.")
+    return f" At this spread between seeds, about {n} seeds would settle it (if the mean held)."
+
+
 def finding_text(key: str, finding: dict, source: str) -> str:
     if "reason" in finding:
         return f"Not enough evidence: {finding['reason']}."
-    return FINDING_TEXT[key](finding, source)
+    return FINDING_TEXT[key](finding, source) + _seeds_text(finding)
 
 
 # ---------------------------------------------------------------------------------------------
