@@ -195,6 +195,9 @@ def test_interval_straddling_the_margin_is_not_enough_evidence(tmp_path):
     assert catch["closes_most_of_gap"] is False and catch["first_schedule_within_margin"] is None
     assert summary["findings"]["localization"]["status"] == "not_enough_evidence"
     assert summary["questions"]["necessary"]["answer"] == "unclear"
+    answers = {key: text for key, _, text in words.question_answers(summary)}
+    assert answers["necessary"] == ("Cannot say yet: the catch-up interval straddles the margin; about "
+                                    f"{catch['seeds_to_settle']} seeds would settle it at the spread measured.")
     # the lead early in training is still far above the margin despite the noise
     assert summary["findings"]["converges_faster"]["lead"]["ci_low"] > 1.0
     # an unsettled finding says how many seeds would settle it, and that number settles it when its mean holds

@@ -246,6 +246,18 @@ def _compute_text(c: dict | None, source: str) -> str:
             f"{c['schedule_pretrained']} has seen " + ", ".join(parts) + f"; random init at {c['schedule_random']}.")
 
 
+def _cannot_say_yet(finding: dict, straddles: str) -> str:
+    """The answer to a question whose finding is not_enough_evidence, with what more seeds would do."""
+    if finding.get("reason"):
+        return f"Cannot say yet: {finding['reason']}."
+    n = finding.get("seeds_to_settle")
+    if n is not None:
+        return f"Cannot say yet: {straddles}; about {n} seeds would settle it at the spread measured."
+    if "seeds_projected_max" in finding:
+        return f"Cannot say yet: {straddles}, with a mean too close to the margin for more seeds to settle it."
+    return f"Cannot say yet: {straddles}."
+
+
 def question_answers(summary: dict) -> list:
     """[(key, title, answer sentence)] for the report's first section."""
     q, findings = summary["questions"], summary["findings"]
@@ -260,7 +272,7 @@ def question_answers(summary: dict) -> list:
                 f"{fmt_ap(catch['gap_longest'])} AP behind {source}'s best ({fmt_ap(catch['ap_random'])} against "
                 f"{fmt_ap(catch['ap_pretrained_best'])}).")
     else:
-        text = "Cannot say yet: " + (catch.get("reason") or "the catch-up interval straddles the margin") + "."
+        text = _cannot_say_yet(catch, "the catch-up interval straddles the margin")
     out.append(("necessary", text))
 
     if q["helpful"]["answer"] == "yes":
@@ -271,7 +283,7 @@ def question_answers(summary: dict) -> list:
     elif q["helpful"]["answer"] == "no":
         text = f"Not for speed: early in training {source} leads by only {fmt_signed(fast['lead']['mean'])} AP."
     else:
-        text = "Cannot say yet: " + (fast.get("reason") or "the early lead's interval straddles the margin") + "."
+        text = _cannot_say_yet(fast, "the early lead's interval straddles the margin")
     out.append(("helpful", text + _compute_text(q["helpful"]["compute"], source)))
 
     if q["more_data"]["answer"] == "yes":
@@ -284,7 +296,7 @@ def question_answers(summary: dict) -> list:
     elif q["more_data"]["answer"] == "no":
         text = "No: random init is within the margin even with the smallest training set tried."
     else:
-        text = "Cannot say yet: " + (small.get("reason") or "the smallest size's interval straddles the margin") + "."
+        text = _cannot_say_yet(small, "the smallest size's interval straddles the margin")
     out.append(("more_data", text))
 
     out.append(("how_long", _how_long_answer(q["how_long"], source, catch)))
