@@ -97,3 +97,36 @@ def test_bundled_configs_are_found_by_name_from_any_folder(tmp_path, monkeypatch
         find_config("tiny/nope.yaml")
     with pytest.raises(UserError, match="not a file"):
         find_config("tiny")
+
+
+def test_a_resume_may_change_what_cannot_change_the_result(tmp_path):
+    """threads, workers, log period, device and checkpointing do not block a resume; every other key does,
+    and all of them are named with both values."""
+    from rethink.config import check_run_dir
+
+    cfg = config_from_dict(tiny_config_dict(tmp_path))
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "config.yaml").write_text(dump_yaml(cfg))
+    free = ["threads=2", "data.num_workers=2", "log_period=7", "device=cpu", "checkpoint_period=3",
+            "keep_checkpoints=5", "data.cache_images=no"]
+    check_run_dir(tmp_path / "run", config_from_dict(tiny_config_dict(tmp_path), free))
+    changed = ["seed=1", "solver.base_lr=0.1", "model.fpn_channels=8", "data.max_size=96", "eval_period=2"]
+    with pytest.raises(UserError) as info:
+        check_run_dir(tmp_path / "run", config_from_dict(tiny_config_dict(tmp_path), changed + free))
+    message = str(info.value)
+    for key in ("seed: 0 there, 1 now", "solver.base_lr: 0.16 there, 0.1 now", "model.fpn_channels: 16 there, 8 now",
+                "data.max_size: 64 there, 96 now", "eval_period: 4 there, 2 now"):
+        assert key in message, message
+    assert "threads" not in message and "log_period" not in message
+
+
+def test_a_schedule_written_as_a_number_says_how_to_write_it(tmp_path):
+    with pytest.raises(UserError, match=r"solver.schedule: 2.5 is not a schedule; .* 2.5x"):
+        config_from_dict(tiny_config_dict(tmp_path), ["solver.schedule=2.5"])
+    with pytest.raises(UserError, match=r"solver.schedule: 3 is not a schedule; .* 3x"):
+        config_from_dict(tiny_config_dict(tmp_path), ["solver.schedule=3"])
+
+
+def test_imagenet_init_of_the_tiny_backbone_is_refused_in_the_config(tmp_path):
+    with pytest.raises(UserError, match="init: imagenet has no weights for the `tiny` backbone"):
+        config_from_dict(tiny_config_dict(tmp_path), ["init=imagenet"])

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from rethink.errors import Interrupted, RunFailed, UserError
+from rethink.fileio import strict_json
 
 
 def _add_overrides(p):
@@ -167,7 +168,15 @@ def _load(args):
     return resolve_paths(load_config(_config_path(args.config), args.overrides))
 
 
+def _at_least(value, minimum, flag: str):
+    """A numeric option checked here, where a bad value gets the one-line error every bad input gets."""
+    if value is not None and value < minimum:
+        raise UserError(f"{flag} {value}: must be at least {minimum}")
+    return value
+
+
 def cmd_train(args) -> int:
+    _at_least(args.nproc, 1, "--nproc")
     _writable_dir(args.out)
     if args.nproc > 1:
         from rethink.engine.launch import run_torchrun, train_argv
@@ -201,7 +210,7 @@ def cmd_eval(args) -> int:
 
     predictions = _writable_file(args.predictions, "--predictions") if args.predictions else None
     metrics = evaluate_weights(_load(args), Path(args.weights), per_category=True, predictions=predictions)
-    print(json.dumps(metrics, indent=2, sort_keys=True))
+    print(strict_json(metrics, indent=2, sort_keys=True))
     return 0
 
 
@@ -246,10 +255,12 @@ def cmd_pretrain(args) -> int:
 def cmd_plan(args) -> int:
     from rethink.study.plan import load_plan, plan_summary, print_plan
 
+    if args.img_per_s is not None and args.img_per_s <= 0:
+        raise UserError(f"--img-per-s {args.img_per_s}: must be a positive number of images per second per GPU")
     study = load_plan(_config_path(args.study), args.overrides)
     summary = plan_summary(study, img_per_s=args.img_per_s)
     if args.json:
-        print(json.dumps(summary, indent=2))
+        print(strict_json(summary, indent=2))
     else:
         print_plan(summary)
     return 0
@@ -258,6 +269,9 @@ def cmd_plan(args) -> int:
 def cmd_study(args) -> int:
     from rethink.study.run import run_study
 
+    for flag, value in (("--jobs", args.jobs), ("--nproc", args.nproc), ("--slurm-gpus-per-node",
+                        args.slurm_gpus_per_node), ("--slurm-time-min", args.slurm_time_min)):
+        _at_least(value, 1, flag)
     _writable_dir(args.out)
     return run_study(_config_path(args.study), Path(args.out), executor=args.executor, jobs=args.jobs, nproc=args.nproc,
                      slurm=dict(partition=args.slurm_partition, gpus_per_node=args.slurm_gpus_per_node,
@@ -285,9 +299,12 @@ def cmd_forecast(args) -> int:
     from rethink.study.forecast import forecast_study, parse_schedules
 
     factors = parse_schedules(args.schedules) if args.schedules else None
+    if not (Path(args.dir) / "study.json").is_file():
+        raise UserError(f"{args.dir}: no study.json here; point forecast at the --out folder of a "
+                        "`rethink study` (it forecasts from the curves of the runs so far)")
     result = forecast_study(load_results(Path(args.dir)), factors)
     if args.json:
-        print(json.dumps({k: result[k] for k in ("cells", "catch_up", "arms", "margin_ap", "interval")}, indent=1))
+        print(strict_json({k: result[k] for k in ("cells", "catch_up", "arms", "margin_ap", "interval")}, indent=1))
         return 0
     print(f"forecast of study {result['study']}: final box AP per schedule, {result['interval']:.0%} intervals")
     print(f"{'train_size':>10s}  {'init':12s} {'schedule':>8s} {'iters':>8s} {'forecast':>8s} {'interval':>15s} "
@@ -313,6 +330,7 @@ def cmd_forecast(args) -> int:
 def cmd_demo(args) -> int:
     from rethink.demo import run_demo
 
+    _at_least(args.seeds, 1, "--seeds")
     _writable_dir(args.out)
     return run_demo(Path(args.out), quick=args.quick, seeds=args.seeds, adaptive=args.adaptive)
 

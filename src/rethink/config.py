@@ -154,6 +154,9 @@ def _convert(value, tp, key: str):
             raise UserError(f"{key}: expected a finite number, got {value!r}")
         return float(value)
     if tp is str:
+        if key.endswith("schedule") and isinstance(value, (int, float)) and not isinstance(value, bool):
+            # YAML reads a bare 2.5 as a number; the schedule is written with its unit
+            raise UserError(f"{key}: {value!r} is not a schedule; write it as the field does, with an x: {value:g}x")
         if not isinstance(value, str):
             raise UserError(f"{key}: expected a string, got {value!r}")
         return value
@@ -254,7 +257,16 @@ def config_from_dict(data: dict, overrides=()) -> "RunConfig":
 
 
 def load_config(path, overrides=()) -> "RunConfig":
-    return config_from_dict(read_yaml(path), overrides)
+    return config_from_dict(read_run_yaml(path), overrides)
+
+
+def read_run_yaml(path) -> dict:
+    """A run config's YAML; a study file given where a run config belongs is named as such."""
+    data = read_yaml(path)
+    if "matrix" in data or "base" in data:
+        raise UserError(f"{path}: is a study file (it has `matrix` or `base`), not a run config: run it with "
+                        f"`rethink study {path} --out DIR`, or list its runs with `rethink plan {path}`")
+    return data
 
 
 def _with_overrides(data: dict, overrides) -> dict:
@@ -281,6 +293,10 @@ def validate(cfg: RunConfig) -> None:
     _check_solver(cfg.solver)
     if not cfg.init:
         raise UserError("init: must be random, imagenet, or a path to backbone weights")
+    if cfg.init == "imagenet" and cfg.model.backbone == "tiny":
+        # refused here, not when the arm starts: in a study that would be after the random arm had trained
+        raise UserError("init: imagenet has no weights for the `tiny` backbone; pre-train it with `rethink pretrain` "
+                        "and pass init=PATH/backbone.safetensors, or use model.backbone=resnet50")
     if cfg.imagenet_weights and not cfg.imagenet_weights.startswith(("timm:", "torchvision:")):
         raise UserError(f"imagenet_weights: '{cfg.imagenet_weights}' must be timm:<model name> or "
                         "torchvision:<weights>, e.g. torchvision:ResNet50_Weights.IMAGENET1K_V2 (a file: init=PATH)")
@@ -455,7 +471,7 @@ def load_pretrain_config(path, overrides=()) -> PretrainConfig:
     Relative data paths are taken from the current directory and recorded absolute, so a run directory says
     exactly which images it was trained on.
     """
-    return pretrain_config_from_dict(read_yaml(path), overrides)
+    return pretrain_config_from_dict(read_run_yaml(path), overrides)
 
 
 def pretrain_config_from_dict(data: dict, overrides=()) -> PretrainConfig:
@@ -551,9 +567,15 @@ def check_run_dir(out: Path, cfg, what: str = "a run") -> None:
         return
     with open(existing, encoding="utf-8") as f:
         old = yaml.safe_load(f) or {}
-    changed = diff(old, to_dict(cfg))
+    new = to_dict(cfg)
+    changed = [k for k in diff(old, new) if k not in RESUME_FREE_KEYS]
     if changed:
+        pairs = "; ".join(f"{k}: {get_key(old, k)!r} there, {get_key(new, k)!r} now" for k in changed)
         raise UserError(
-            f"{out}: holds {what} with a different config ({', '.join(changed[:4])} differ); "
-            "use another --out, or the same settings to resume"
+            f"{out}: holds {what} with a different config ({pairs}); use another --out, or the same settings to resume"
         )
+
+
+# Keys that change how fast a run goes or how much it prints, never what it learns: a resume may change them.
+RESUME_FREE_KEYS = frozenset({"data.num_workers", "threads", "log_period", "device", "checkpoint_period",
+                              "keep_checkpoints", "data.cache_images"})

@@ -1,9 +1,14 @@
 """Crash-safe file writes: everything a later step reads is written to a temporary file and renamed.
 
 A SIGKILL at any moment leaves either the old file or the new one, never a truncated one.
+
+Every JSON file rethink writes is strict JSON (RFC 8259): a number that is not defined (NaN, such as COCO's AP for
+an object size the val set lacks, or an infinity) is written as null, which any parser reads. Reading one back, a
+null metric (a key with a slash: `bbox/APl`) becomes NaN again, the value the code computes with.
 """
 
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -54,8 +59,34 @@ def atomic_write_text(path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
+def strict(obj):
+    """`obj` with every NaN and infinity replaced by None (JSON null: not defined)."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: strict(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [strict(v) for v in obj]
+    return obj
+
+
+def strict_json(obj, **kwargs) -> str:
+    """json.dumps with NaN and infinities as null; allow_nan=False makes anything missed an error, not a bad file."""
+    return json.dumps(strict(obj), allow_nan=False, **kwargs)
+
+
+def _undefined_as_nan(obj):
+    """A null metric (a key with a slash, as `bbox/APl`) back to NaN, the "not defined" the code computes with."""
+    if isinstance(obj, dict):
+        return {k: (math.nan if v is None and isinstance(k, str) and "/" in k else _undefined_as_nan(v))
+                for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_undefined_as_nan(v) for v in obj]
+    return obj
+
+
 def atomic_write_json(path, obj) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+    atomic_write_text(path, strict_json(obj, indent=2, sort_keys=True) + "\n")
 
 
 def atomic_save_with(path, save_fn) -> None:
@@ -79,7 +110,7 @@ def atomic_save_with(path, save_fn) -> None:
 
 def read_json(path):
     with open(path, encoding="utf-8") as f:
-        return json.load(f)
+        return _undefined_as_nan(json.load(f))
 
 
 def read_jsonl(path) -> list:
@@ -95,7 +126,7 @@ def read_jsonl(path) -> list:
             line = line.strip()
             if line:
                 try:
-                    rows.append(json.loads(line))
+                    rows.append(_undefined_as_nan(json.loads(line)))
                 except json.JSONDecodeError as exc:
                     # report the file's line, not the line within the one-line document
                     raise json.JSONDecodeError(exc.msg, "\n" * (number - 1) + line, number - 1 + exc.pos) from None
@@ -104,7 +135,7 @@ def read_jsonl(path) -> list:
 
 def write_jsonl_text(rows) -> str:
     """The JSON-lines text of `rows`, one sorted-key object per line (what append_jsonl writes)."""
-    return "".join(json.dumps(row, sort_keys=True) + "\n" for row in rows)
+    return "".join(strict_json(row, sort_keys=True) + "\n" for row in rows)
 
 
 def append_jsonl(path, obj) -> None:

@@ -275,6 +275,105 @@ def case_synth_out_inside_a_file(root):
     return ["data", "synth", "--out", str(_plain_file(root) / "b")], "is a file, not a folder"
 
 
+# What a new user hit on their own data first (each failed with a traceback, a wrong state or a misleading line).
+
+
+def _checkpoint_of(root: Path, name: str, num_classes: int = 2, **model) -> Path:
+    """A real detector checkpoint, of another model or another number of categories than the config's."""
+    from rethink.config import ModelConfig, DataConfig
+    from rethink.models.detector import build_detector
+
+    cfg = config_from_dict(tiny_config_dict(root / "data"))
+    m = ModelConfig(**{**{k: getattr(cfg.model, k) for k in ModelConfig.__dataclass_fields__}, **model})
+    path = root / f"{name}.pt"
+    torch.save({"model": build_detector(m, cfg.data, num_classes).state_dict()}, path)
+    return path
+
+
+def case_eval_checkpoint_of_another_backbone(root):
+    ckpt = _checkpoint_of(root, "wider", tiny_widths=(16, 16, 32, 32))
+    return ["eval", str(_config(root, "c")), "--weights", str(ckpt)], "has shape"
+
+
+def case_eval_checkpoint_of_other_categories(root):
+    ckpt = _checkpoint_of(root, "five", num_classes=5)
+    return ["eval", str(_config(root, "c")), "--weights", str(ckpt)], "trained on 5 categories, the config's data has 2"
+
+
+def case_eval_weights_is_a_json_file(root):
+    return ["eval", str(_config(root, "c")), "--weights", str(root / "data" / "val" / "annotations.json")], \
+        "it is a JSON file, not a torch file); pass a run's checkpoints/iter_*.pt"
+
+
+def case_train_nproc_zero(root):
+    return ["train", str(_config(root, "c")), "--out", str(root / "o"), "--nproc", "0"], "--nproc 0: must be at least 1"
+
+
+def case_train_nproc_negative(root):
+    return ["train", str(_config(root, "c")), "--out", str(root / "o"), "--nproc", "-2"], "--nproc -2: must be at least 1"
+
+
+def case_study_jobs_zero(root):
+    return ["study", str(_study(root, "ok", {"matrix": {"init": ["random", "imagenet"]}})), "--out", str(root / "o"),
+            "--jobs", "0"], "--jobs 0: must be at least 1"
+
+
+def case_schedule_as_a_number(root):
+    return ["train", str(_config(root, "c")), "--out", str(root / "o"), "--set", "solver.schedule=2.5"], \
+        "solver.schedule: 2.5 is not a schedule; write it as the field does, with an x: 2.5x"
+
+
+def case_plan_on_a_run_config(root):
+    return ["plan", str(_config(root, "c"))], "is a run config, not a study file"
+
+
+def case_train_on_a_study_file(root):
+    return ["train", str(_study(root, "ok", {"matrix": {"init": ["random", "imagenet"]}})), "--out",
+            str(root / "o")], "is a study file"
+
+
+def case_study_init_file_missing(root):
+    return ["plan", str(_study(root, "noinit", {"matrix": {"init": ["random", str(root / "gone.safetensors")]}}))], \
+        "gone.safetensors not found"
+
+
+def case_study_init_typo(root):
+    return ["plan", str(_study(root, "typo", {"matrix": {"init": ["random", "imagnet"]}}))], "did you mean imagenet?"
+
+
+def case_study_init_missing_trains_nothing(root):
+    return ["study", str(_study(root, "noinit2", {"matrix": {"init": ["random", str(root / "gone.safetensors")]}})),
+            "--out", str(root / "o")], "gone.safetensors not found"
+
+
+def case_study_init_does_not_fit_trains_nothing(root):
+    save_file({"conv1.weight": torch.zeros(8, 3, 3, 3)}, str(root / "partial.safetensors"))
+    return ["study", str(_study(root, "partial", {"matrix": {"init": ["random", str(root / "partial.safetensors")]}})),
+            "--out", str(root / "o")], "does not fit model.backbone"
+
+
+def case_study_base_bundled_name_missing(root):
+    path = root / "bundled_typo.study.yaml"
+    path.write_text(yaml.safe_dump({"base": "tiny/faster_rcnn.yaml", "matrix": {"init": ["random", "imagenet"]}}))
+    return ["plan", str(path)], "nor a bundled config of that name"
+
+
+def case_forecast_on_an_empty_folder(root):
+    (root / "empty").mkdir(exist_ok=True)
+    return ["forecast", str(root / "empty")], "point forecast at the --out folder of a `rethink study`"
+
+
+def case_train_without_the_benchmark(root):
+    cfg = tiny_config_dict(root / "nowhere" / "benchmark" / "target")
+    path = write_config(root / "nobench.yaml", cfg)
+    return ["train", str(path), "--out", str(root / "o")], "run `rethink data synth --out"
+
+
+def case_plan_img_per_s_zero(root):
+    return ["plan", str(_study(root, "ok", {"matrix": {"init": ["random", "imagenet"]}})), "--img-per-s", "0"], \
+        "--img-per-s 0"
+
+
 CASES = [v for k, v in sorted(globals().items()) if k.startswith("case_")]
 
 
@@ -293,6 +392,7 @@ def test_bad_input_gives_one_clear_line(world, case, capsys):
     assert code == 2, err
     assert len(lines) == 1 and lines[0].startswith("rethink: error: ") and "Traceback" not in err, err
     assert expected in lines[0], lines[0]
+    assert "weights_only" not in lines[0] and "PyTorch 2.6" not in lines[0]  # torch's advice would run the file
     assert _digest(finished) == before  # earlier results untouched
     assert not (root / "o").exists()  # a refused command leaves nothing behind
     assert not (root / "code_ran").exists() and not (Path.cwd() / "hacked").exists()

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import eval_rows, run_cli, same, write_tiny_study
+from conftest import eval_rows, run_cli, same, tiny_config_dict, write_tiny_study
 from rethink.config import config_from_dict
 from rethink.engine.train import train
 from rethink.errors import UserError
@@ -172,3 +172,50 @@ def test_init_cost_is_checked_and_reaches_the_index(coco_data, tmp_path):
         path = write_study(tmp_path, coco_data, report={"margin_ap": 1.0, "init_cost": bad})
         with pytest.raises(UserError, match=match):
             load_plan(path)
+
+
+def test_a_run_that_fails_at_start_up_is_failed_in_status(coco_data, tmp_path, capsys):
+    """A run that fails before its first iteration leaves no FAILED file; status still says failed, with why."""
+    from rethink.study.run import run_local
+    from rethink.study.store import print_status, write_index
+
+    config = {"data": {"train": {"images": str(coco_data / "train" / "images"),
+                                 "annotations": str(tmp_path / "gone.json")},
+                       "val": {"images": str(coco_data / "val" / "images"),
+                               "annotations": str(coco_data / "val" / "annotations.json")},
+                       "min_size_train": [64], "max_size": 64, "min_size_test": 64}}
+    path = write_tiny_study(tmp_path, coco_data, {"solver.schedule": ["1x"]}, config)
+    study, out = load_plan(path), tmp_path / "out"
+    errors = run_local(study, out, jobs=2, progress=False)  # the executor `rethink study` runs, after its checks
+    write_index(out, study, set(), errors)
+    assert len(errors) == 2 and not list(out.glob("runs/*/FAILED"))
+    capsys.readouterr()
+    print_status(out)
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith(("random_", "weights_"))]
+    assert len(lines) == 2 and all(" failed " in ln and "gone.json" in ln for ln in lines), lines
+
+
+def test_study_checks_its_data_before_any_run(coco_data, tmp_path):
+    config = {"data": {**tiny_config_dict(coco_data)["data"], "train_size": 500}}
+    path = write_tiny_study(tmp_path, coco_data, {"solver.schedule": ["1x"]}, config)
+    with pytest.raises(UserError, match=r"study.yaml: .*500"):
+        run_study(path, tmp_path / "out", progress=False)
+    assert not (tmp_path / "out").exists()
+
+
+def test_plan_json_is_json_and_says_where_pretrained_weights_will_be(tmp_path):
+    result = run_cli("plan", "studies/demo_quick.yaml", "--json", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    runs = json.loads(result.stdout)["runs"]
+    pretrained = [r for r in runs if r["init"] == "pretrain"]
+    assert pretrained and all(r["init_spec"] == "pretrain/pretrain/backbone.safetensors" for r in pretrained)
+    assert all(isinstance(json.loads(r["group"]), dict) for r in runs)
+
+
+def test_study_base_may_name_a_bundled_config(tmp_path):
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump({"base": "tiny/faster_rcnn_gn.yaml", "pretrain": {"p": "tiny/pretrain.yaml"},
+                                    "matrix": {"init": ["random", "p"], "solver.schedule": ["1x"]}}))
+    study = load_plan(path)
+    assert len(study.runs) == 2 and study.runs[0].config.model.backbone == "tiny"
+    assert study.pretrain["p"].name == "pretrain.yaml"

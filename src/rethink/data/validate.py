@@ -234,10 +234,21 @@ def _is_finite_number(value) -> bool:
     return type(value) is float and math.isfinite(value)
 
 
+def _missing_data_hint(path: Path) -> str:
+    """What to do about a missing annotation file: the bundled configs point at the benchmark, which is generated
+    on demand; any other config at the user's own files."""
+    parts = path.parts
+    if "target" in parts and any("benchmark" in part for part in parts):
+        root = Path(*parts[:parts.index("target")])
+        return (f"the bundled benchmark is not generated yet: run `rethink data synth --out {root}`, or point "
+                "data.train/data.val at your own COCO files (see docs/own-data.md)")
+    return "set data.train.annotations / data.val.annotations to your COCO JSON files (--set KEY=PATH)"
+
+
 def _load_json(path: Path):
     src = str(path)
     if not path.exists():
-        _fail(f"{src}: annotation file not found")
+        _fail(f"{src}: annotation file not found; {_missing_data_hint(path)}")
     if not path.is_file():
         _fail(f"{src}: is not a file (expected a COCO annotation .json file)")
     try:

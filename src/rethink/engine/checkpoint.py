@@ -116,7 +116,37 @@ def load(path: Path) -> dict:
         # Our own checkpoints hold only tensors and plain containers, so weights_only=True reads them fully.
         return torch.load(path, map_location="cpu", weights_only=True)
     except (*UNREADABLE, OSError) as e:
-        raise UserError(f"{path}: cannot read checkpoint ({reason(e, 200)})") from None
+        raise UserError(f"{path}: cannot read checkpoint ({load_failure(path, e)}); pass a run's "
+                        "checkpoints/iter_*.pt") from None
+
+
+def load_failure(path: Path, exc: BaseException) -> str:
+    """Why torch.load(weights_only=True) failed, in words about the file. Torch's own message for a refused file
+    tells the user to retry with weights_only=False, which would run the file's code: never repeat that advice."""
+    kind = _not_a_torch_file(path)
+    if kind:
+        return kind
+    if isinstance(exc, pickle.UnpicklingError):
+        return "it holds Python objects beyond tensors, and loading them could run code"
+    return reason(exc, 200)
+
+
+def _not_a_torch_file(path: Path) -> str | None:
+    """A description of a file that is plainly no torch file (torch writes a zip archive, or a pickle)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8)
+    except OSError:
+        return None
+    if not head:
+        return "the file is empty"
+    if head.startswith(b"PK") or head[:1] == b"\x80":
+        return None
+    if head.lstrip()[:1] in (b"{", b"["):
+        return "it is a JSON file, not a torch file"
+    if head.startswith(b"\x89PNG") or head.startswith(b"\xff\xd8"):
+        return "it is an image, not a torch file"
+    return None
 
 
 def latest(run_dir: Path) -> tuple[int, Path] | None:

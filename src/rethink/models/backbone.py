@@ -14,7 +14,7 @@ from torch import nn
 from torchvision.models import resnet as tv_resnet
 from torchvision.ops import FrozenBatchNorm2d
 
-from rethink.engine.checkpoint import UNREADABLE
+from rethink.engine.checkpoint import UNREADABLE, load_failure
 from rethink.errors import UserError, reason
 
 NORM_TYPES = (nn.GroupNorm, nn.BatchNorm2d, nn.SyncBatchNorm, FrozenBatchNorm2d)
@@ -246,13 +246,15 @@ def read_weights_file(path) -> dict:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        first = reason(e) if str(e).strip() else "unsupported content"
+        plain = load_failure(path, e)
+        if not plain.startswith("it holds Python objects"):
+            raise UserError(f"{path}: not a readable torch weights file ({plain})") from None
         raise UserError(
-            f"{path}: refused to load: the file holds Python objects beyond tensors, and loading it could run code "
-            f"({first}); convert it to safetensors or a plain state dict"
+            f"{path}: refused to load: the file holds Python objects beyond tensors, and loading it could run code; "
+            "convert it to safetensors or a plain state dict"
         ) from None
     except (*UNREADABLE, OSError) as e:
-        raise UserError(f"{path}: not a readable torch weights file ({reason(e)})") from None
+        raise UserError(f"{path}: not a readable torch weights file ({load_failure(path, e)})") from None
     for key in ("model", "state_dict", "backbone"):
         if isinstance(obj, dict) and key in obj and isinstance(obj[key], dict):
             obj = obj[key]

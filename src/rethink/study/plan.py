@@ -24,6 +24,7 @@ each fork point, and each shorter run starts there and trains only its tail.
 
 import dataclasses
 import itertools
+import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +35,7 @@ from rethink.config import RunConfig
 from rethink.errors import UserError
 
 STUDY_KEYS = {"name", "base", "set", "pretrain", "matrix", "report", "gpu_img_per_s"}
+RUN_CONFIG_KEYS = {"model", "data", "solver", "checkpoint_period", "eval_period", "log_period"}
 # Documented throughput for GPU-hours estimates: detectron2's R50-FPN GN Mask R-CNN, 0.309 s/iter for 16 images
 # on 8 V100 (about 52 img/s per 8-GPU machine, 6.5 per GPU).
 DEFAULT_GPU_IMG_PER_S = 16 / 0.309 / 8
@@ -59,7 +61,9 @@ class RunSpec:
 
     def to_json(self) -> dict:
         return {
-            "name": self.name, "init": self.init_label, "init_spec": self.config.init, "schedule": self.schedule,
+            # a pre-training step's weights, relative to the study's --out folder (they do not exist before it runs)
+            "name": self.name, "init": self.init_label, "schedule": self.schedule,
+            "init_spec": f"pretrain/{self.pretrain}/backbone.safetensors" if self.pretrain else self.config.init,
             "schedule_factor": self.factor, "train_size": self.train_size, "seed": self.seed, "other": self.other,
             "iters": self.iters, "drops": list(self.drops), "batch_size": self.config.solver.batch_size,
             "trunk": self.trunk, "fork_iter": self.fork_iter, "keep_iters": list(self.keep_iters),
@@ -93,6 +97,9 @@ def load_plan(path: Path, overrides=(), pretrain_dir: Path | None = None, share_
     path = Path(path)
     data = cfgmod.read_yaml(path)
     unknown = set(data) - STUDY_KEYS
+    if unknown and unknown & RUN_CONFIG_KEYS:
+        raise UserError(f"{path}: is a run config, not a study file: train it with `rethink train {path} --out DIR`, "
+                        f"or write a study with `base: {path}` (`rethink init-study DATA` writes one for a COCO set)")
     if unknown:
         raise UserError(f"{path}: unknown key {sorted(unknown)[0]} (known: {', '.join(sorted(STUDY_KEYS))})")
     for key in ("base", "matrix"):
@@ -126,12 +133,27 @@ def load_plan(path: Path, overrides=(), pretrain_dir: Path | None = None, share_
     return study
 
 
+def _beside_or_bundled(path: Path, text: str) -> Path | None:
+    """A config a study names: a file relative to the study file, else a bundled config of that name
+    (`tiny/faster_rcnn_gn.yaml`), as on the command line; None when neither exists."""
+    from rethink.configs import bundled_dir
+
+    beside = (path.parent / text).resolve()
+    if beside.is_file():
+        return beside
+    bundled = bundled_dir() / text
+    if not Path(text).is_absolute() and bundled.is_file():
+        return bundled
+    return None
+
+
 def _base_config(path: Path, data: dict, overrides) -> dict:
     """The base run config as a dict, with the study's `set` and the command line's --set applied."""
-    base_path = (path.parent / str(data["base"])).resolve()
-    if not base_path.is_file():
-        raise UserError(f"{path}: base: config {base_path} not found")
-    base = cfgmod.read_yaml(base_path)
+    base_path = _beside_or_bundled(path, str(data["base"]))
+    if base_path is None:
+        raise UserError(f"{path}: base: config {(path.parent / str(data['base'])).resolve()} not found, nor a bundled "
+                        "config of that name (e.g. tiny/faster_rcnn_gn.yaml, paper/mask_rcnn_R50_FPN_gn.yaml)")
+    base = cfgmod.read_run_yaml(base_path)
     shared = data.get("set") or {}
     if not isinstance(shared, dict):
         raise UserError(f"{path}: set: expected a mapping of config keys to values")
@@ -153,9 +175,10 @@ def _pretrain_paths(path: Path, pretrain) -> dict[str, Path]:
     for name, cfg_path in pretrain.items():
         if name in ("random", "imagenet") or not re.fullmatch(r"[A-Za-z0-9_-]+", str(name)):
             raise UserError(f"{path}: pretrain: '{name}' cannot name a pre-training step (letters, digits, _ and -)")
-        p = (path.parent / str(cfg_path)).resolve()
-        if not p.is_file():
-            raise UserError(f"{path}: pretrain.{name}: config {p} not found")
+        p = _beside_or_bundled(path, str(cfg_path))
+        if p is None:
+            raise UserError(f"{path}: pretrain.{name}: config {(path.parent / str(cfg_path)).resolve()} not found, nor "
+                            "a bundled config of that name (e.g. tiny/pretrain.yaml)")
         paths[name] = p
     return paths
 
@@ -187,8 +210,25 @@ def _matrix_runs(where: str, matrix, base: dict, pretrain_paths: dict, pretrain_
             cfg = cfgmod.resolve_paths(cfgmod.config_from_dict(raw))
         except UserError as e:
             raise UserError(f"{where}: {e}") from None
+        if init not in pretrain_paths:
+            _check_init_exists(where, init, cfg.init, pretrain_paths)
         specs.append(_make_spec(cfg, init, pretrain_paths, keys))
     return specs
+
+
+def _check_init_exists(where: str, init: str, resolved: str, pretrain_paths: dict) -> None:
+    """An init that names no source and no file fails here, at plan time: found only when its arm starts, it would
+    fail after the random arm had trained in full (days of GPU time on a paper study)."""
+    if init in ("random", "imagenet") or Path(resolved).is_file():
+        return
+    import difflib
+
+    names = ["random", "imagenet", *pretrain_paths]
+    close = difflib.get_close_matches(init, names, n=1, cutoff=0.6)
+    hint = f"; did you mean {close[0]}?" if close else ""
+    steps = f", a pre-training step of the study ({', '.join(pretrain_paths)})" if pretrain_paths else ""
+    raise UserError(f"{where}: init: '{init}' is not random, imagenet{steps}, nor a weights file "
+                    f"({resolved} not found){hint}")
 
 
 INIT_COST_KEYS = ("images", "instances", "pixels", "images_per_epoch", "epochs", "resolution")
@@ -228,7 +268,7 @@ def _make_spec(cfg: RunConfig, init: str, pretrain_paths: dict, axis_keys) -> Ru
         name += f"_{_slug(k.split('.')[-1])}-{_slug(v)}"
     # Runs equal in everything but the schedule (the init included) share a trunk.
     group_cfg = dataclasses.replace(cfg, solver=dataclasses.replace(cfg.solver, schedule="1x"))
-    group = repr(cfgmod.to_dict(group_cfg))
+    group = json.dumps(cfgmod.to_dict(group_cfg), sort_keys=True)
     return RunSpec(
         name=name, init_label=label, config=cfg, schedule=sched.format_schedule(factor), factor=factor,
         train_size=size, seed=cfg.seed, other=other, iters=sched.total_iters(factor, cfg.solver.iters_1x),

@@ -254,6 +254,46 @@ def run_pretrain_steps(study: StudyPlan, study_dir: Path, overrides=(), progress
         pretrain(load_pretrain_config(study.pretrain[name], overrides), out, progress=progress)
 
 
+def check_init_files(study: StudyPlan) -> None:
+    """Each weights file a study inits from is read and loaded into its backbone before any run starts: a file
+    that does not fit would otherwise fail its arm only after the random arm had trained in full."""
+    from rethink.models import backbone as bb
+    from rethink.models.detector import build_backbone_with_fpn
+
+    checked = set()
+    for spec in study.runs:
+        cfg = spec.config
+        if spec.pretrain or cfg.init in ("random", "imagenet") or (cfg.init, cfg.model) in checked:
+            continue
+        checked.add((cfg.init, cfg.model))
+        module = build_backbone_with_fpn(cfg.model)
+        body = module.body.body if isinstance(module.body, bb.TimmFeatures) else module.body
+        try:
+            bb.load_backbone_weights(body, bb.read_weights_file(cfg.init), cfg.init, cfg.init_allow_bn_stats)
+        except UserError as e:
+            raise UserError(f"{study.path}: init of {spec.name}: {e}") from None
+
+
+def check_study_data(study: StudyPlan) -> None:
+    """The study's datasets are checked once before any run starts: bad data would otherwise fail every run at
+    its start, each with the same message, and the study would end with a list of failed runs."""
+    from rethink.data.validate import check_coco, check_train_size
+
+    by_data: dict[tuple, list] = {}
+    for spec in study.runs:
+        d = spec.config.data
+        key = (d.train, d.val, spec.config.model.detector == "mask_rcnn")
+        by_data.setdefault(key, []).append(d.train_size)
+    for (train, val, masks), sizes in by_data.items():
+        try:
+            check = check_coco(Path(train.images), Path(train.annotations), role="train", require_masks=masks)
+            check_coco(Path(val.images), Path(val.annotations), role="val", require_masks=masks)
+            for size in sizes:
+                check_train_size(check, size)
+        except UserError as e:
+            raise UserError(f"{study.path}: {e}") from None
+
+
 def run_study(study_path: Path, out: Path, executor: str = "local", jobs: int | None = None, nproc: int = 1,
               slurm: dict | None = None, progress: bool = True, overrides=(), pretrain_overrides=(),
               share_trunks: bool = True, adaptive: bool = False) -> int:
@@ -262,6 +302,8 @@ def run_study(study_path: Path, out: Path, executor: str = "local", jobs: int | 
         raise UserError(f"--adaptive: runs the trunks in segments on this machine (--executor local), "
                         f"not with --executor {executor}")
     study = load_plan(study_path, overrides, pretrain_dir=out / "pretrain", share_trunks=share_trunks)
+    check_init_files(study)
+    check_study_data(study)
     out.mkdir(parents=True, exist_ok=True)
     with store.StudyLock(out):
         atomic_write_text(out / "study.yaml", Path(study_path).read_text())

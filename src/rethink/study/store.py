@@ -86,6 +86,10 @@ def print_status(study_dir: Path) -> int:
     counts = {}
     for r in index["runs"]:
         state, reason = run_state(Path(study_dir), r["name"], {r["name"]} if live and r["state"] == "running" else set())
+        if state == "pending" and r.get("state") == "failed":
+            # a run that failed before its first iteration (a bad init, unreadable data) leaves no FAILED file in
+            # its folder: study.json, which `rethink study` wrote when it ended, is then the record
+            state = "failed"
         r["reason"] = reason or r.get("reason")
         final = Path(study_dir) / r["path"] / "final.json"
         ap = f"{read_json(final)['final'].get('bbox/AP', float('nan')):8.2f}" if final.exists() else f"{'-':>8s}"
