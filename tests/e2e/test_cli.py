@@ -55,3 +55,33 @@ def test_nproc_passes_every_override_on(tmp_path, monkeypatch):
 def test_version_is_the_package_version():
     out = subprocess.run([sys.executable, "-m", "rethink", "--version"], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == f"rethink {metadata.version('rethink')}"
+
+
+def test_threads_default_leaves_busy_cores_alone():
+    from rethink.engine.loop import choose_threads
+
+    assert choose_threads(2, 0.1, False) == 2  # an idle 2-core laptop: both cores
+    assert choose_threads(2, 1.9, False) == 1  # the same machine running something else: one
+    assert choose_threads(2, 6.0, False) == 1
+    assert choose_threads(64, 0.0, False) == 8  # small detectors gain little past 8
+    assert choose_threads(16, 10.2, False) == 6
+    # deterministic runs: the same count whatever the load, so a resume computes what the run would have
+    assert choose_threads(2, 1.9, True) == choose_threads(2, 0.0, True) == 2
+    assert choose_threads(32, 0.0, True) == 4
+
+
+def test_train_says_how_many_threads_it_chose(tmp_path, coco_data):
+    import os
+
+    config = write_config(tmp_path / "c.yaml", {**tiny_config_dict(coco_data), "threads": 0, "deterministic": False})
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+    result = subprocess.run([sys.executable, "-m", "rethink", "train", str(config), "--out", str(tmp_path / "run"),
+                             "--no-progress", "--set", "solver.iters_1x=2", "solver.warmup_iters=1", "eval_period=0"],
+                            capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr
+    line = next(ln for ln in result.stdout.splitlines() if ln.startswith("threads: "))
+    assert "cores, load" in line and "set threads=N to choose" in line
+    result = subprocess.run([sys.executable, "-m", "rethink", "train", str(config), "--out", str(tmp_path / "run2"),
+                             "--no-progress", "--set", "solver.iters_1x=2", "solver.warmup_iters=1", "eval_period=0"],
+                            capture_output=True, text=True, env={**env, "OMP_NUM_THREADS": "1"}, timeout=300)
+    assert "threads: 1 (from OMP_NUM_THREADS" in result.stdout

@@ -219,3 +219,34 @@ def test_study_base_may_name_a_bundled_config(tmp_path):
     study = load_plan(path)
     assert len(study.runs) == 2 and study.runs[0].config.model.backbone == "tiny"
     assert study.pretrain["p"].name == "pretrain.yaml"
+
+
+def _strict_load(text: str):
+    def refuse(name):
+        raise ValueError(f"non-standard JSON constant {name}")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_every_json_file_a_study_writes_is_strict_json(tiny_study, capsys):
+    """NaN (COCO's AP of an object size the val set lacks) is written as null; a strict parser reads every file."""
+    from rethink.cli import main
+
+    _, out, _ = tiny_study
+    files = sorted(out.rglob("*.json")) + sorted(out.rglob("*.jsonl"))
+    kinds = {p.name for p in files}
+    assert {"study.json", "final.json", "init.json", "metrics.jsonl", "segments.jsonl", "summary.json"} <= kinds
+    for path in files:
+        lines = path.read_text().splitlines() if path.suffix == ".jsonl" else [path.read_text()]
+        for line in lines:
+            _strict_load(line)
+    # the tiny set has no large objects: APl is not defined, null on disk, NaN once read
+    some_final = next(out.glob("runs/*/final.json"))
+    assert _strict_load(some_final.read_text())["final"]["bbox/APl"] is None
+    assert read_json(some_final)["final"]["bbox/APl"] != read_json(some_final)["final"]["bbox/APl"]  # NaN
+    run = some_final.parent
+    last = sorted(run.glob("checkpoints/iter_*.pt"))[-1]
+    capsys.readouterr()
+    assert main(["eval", str(run / "config.yaml"), "--weights", str(last)]) == 0
+    metrics = _strict_load(capsys.readouterr().out)
+    assert metrics["bbox/APl"] is None and isinstance(metrics["bbox/AP"], float)

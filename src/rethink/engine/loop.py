@@ -52,6 +52,12 @@ def setup_device(device: str, norm: str, threads: int, deterministic: bool) -> t
     dev = resolve_device(device, norm)
     if threads:
         torch.set_num_threads(threads)
+    elif dev.type == "cpu":
+        chosen, why = default_threads(deterministic)
+        if chosen:
+            torch.set_num_threads(chosen)
+        if os.environ.get("RANK", "0") == "0":
+            print(f"threads: {torch.get_num_threads()} ({why}; set threads=N to choose)", flush=True)
     if deterministic:
         if dev.type == "cuda":
             # cuBLAS is deterministic only with a fixed workspace (read when its handle is created, i.e. later).
@@ -62,6 +68,29 @@ def setup_device(device: str, norm: str, threads: int, deterministic: bool) -> t
         # Autotuned conv kernels: a new tuning per distinct padded input size, amortized over a long run.
         torch.backends.cudnn.benchmark = not deterministic
     return dev
+
+
+def default_threads(deterministic: bool) -> tuple[int | None, str]:
+    """The intra-op thread count of a CPU run with `threads: 0`, and why: (None, why) leaves torch's own.
+
+    Torch takes every core, which on a shared or small machine is a trap: its threads spin waiting for each other
+    while other work holds the cores (a tiny run went from 44 to 0.5-4 img/s on a busy 2-core machine).
+    OMP_NUM_THREADS, when set (`rethink study` sets it per run), is kept.
+    """
+    if os.environ.get("OMP_NUM_THREADS"):
+        return None, "from OMP_NUM_THREADS"
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    return choose_threads(cores, load, deterministic), f"{cores} cores, load {load:.1f}"
+
+
+def choose_threads(cores: int, load: float, deterministic: bool) -> int:
+    """The cores that other work leaves free (load: the 1-minute load average), at least 1 and at most 8 (small
+    detectors gain little past that). A deterministic run takes min(cores, 4) whatever the load: CPU kernels may
+    split a sum differently with another thread count, and a resume must compute exactly what the run would have."""
+    if deterministic:
+        return max(1, min(cores, 4))
+    return max(1, min(int(round(cores - load)), 8))
 
 
 def amp_dtype(device: torch.device, amp: bool):
