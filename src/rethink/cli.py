@@ -101,6 +101,19 @@ def _add_study_commands(sub) -> None:
     p.add_argument("--no-progress", action="store_true")
     _add_overrides(p)
 
+    p = sub.add_parser("init-study", help="write a study file for your COCO set (the paper's matrix, scaled to the "
+                       "set and this machine) and print its cost")
+    p.add_argument("data", help="a COCO folder, or a training annotations .json file (then also --val)")
+    p.add_argument("--out", default="study.yaml", help="the study file to write (default: study.yaml)")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
+                   help="the hardware to size it for (default: this machine's)")
+    p.add_argument("--pretrained", default=None, metavar="SOURCE", help="the pretrained arm: imagenet or a backbone "
+                   "weights file (default: imagenet on CUDA, the bundled pre-training on a CPU)")
+    p.add_argument("--quick", action="store_true", help="a few iterations per run: checks the pipeline in minutes")
+    p.add_argument("--val", default=None, help="validation annotations, when DATA is an annotations file")
+    p.add_argument("--images", default=None, help="training images folder (default: found from the layout)")
+    p.add_argument("--val-images", default=None, help="validation images folder (default: found from the layout)")
+
     p = sub.add_parser("status", help="the state of each run of a study directory")
     p.add_argument("dir")
 
@@ -279,6 +292,24 @@ def cmd_study(args) -> int:
                      progress=not args.no_progress, overrides=args.overrides, adaptive=args.adaptive)
 
 
+def cmd_init_study(args) -> int:
+    from rethink.study.design import cost_line, default_device, write_study
+    from rethink.study.plan import load_plan, plan_summary, print_plan
+    from rethink.study.run import default_jobs
+
+    out = _writable_file(args.out, "--out")
+    device = default_device() if args.device == "auto" else args.device
+    path, design, ds = write_study(Path(args.data), out, device, args.pretrained, args.quick, args.val, args.images,
+                                   args.val_images)
+    print(f"{path}: study written for {ds.train_images} training images at {design.size} px on {device} "
+          f"(1x = {design.iters_1x} iterations of {design.batch_size} images)")
+    summary = plan_summary(load_plan(path))
+    print_plan(summary)
+    print(cost_line(summary, design, 1 if device == "cuda" else default_jobs()))
+    print(f"next: rethink study {path} --out runs/{path.stem}")
+    return 0
+
+
 def cmd_status(args) -> int:
     from rethink.study.store import print_status
 
@@ -337,7 +368,7 @@ def cmd_demo(args) -> int:
 
 COMMANDS = {
     "train": cmd_train, "eval": cmd_eval, "check-data": cmd_check_data, "data": cmd_data, "pretrain": cmd_pretrain,
-    "plan": cmd_plan, "study": cmd_study, "status": cmd_status, "report": cmd_report, "forecast": cmd_forecast,
+    "plan": cmd_plan, "study": cmd_study, "init-study": cmd_init_study, "status": cmd_status, "report": cmd_report, "forecast": cmd_forecast,
     "demo": cmd_demo,
 }
 

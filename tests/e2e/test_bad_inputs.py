@@ -374,6 +374,34 @@ def case_plan_img_per_s_zero(root):
         "--img-per-s 0"
 
 
+def case_init_study_data_missing(root):
+    return ["init-study", str(root / "no_such_set"), "--out", str(root / "o")], "no_such_set: not found"
+
+
+def case_init_study_file_without_val(root):
+    return ["init-study", str(root / "data" / "train" / "annotations.json"), "--out", str(root / "o")], \
+        "pass --val VAL.json"
+
+
+def case_init_study_no_layout(root):
+    (root / "flat").mkdir(exist_ok=True)
+    return ["init-study", str(root / "flat"), "--out", str(root / "o")], "no COCO layout found"
+
+
+def case_init_study_out_exists(root):
+    return ["init-study", str(root / "data"), "--out", str(_plain_file(root))], "exists; pass another path"
+
+
+def case_init_study_pretrained_missing(root):
+    return ["init-study", str(root / "data"), "--out", str(root / "o"), "--pretrained", str(root / "w.pt")], \
+        "--pretrained"
+
+
+def case_init_study_bad_annotations(root):
+    d = _data_copy(root, "initbad", lambda d: (d / "val" / "annotations.json").write_text("{oops"))
+    return ["init-study", str(d), "--out", str(root / "o")], "not valid JSON"
+
+
 CASES = [v for k, v in sorted(globals().items()) if k.startswith("case_")]
 
 
