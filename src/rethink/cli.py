@@ -70,7 +70,8 @@ def _add_run_commands(sub) -> None:
     q.add_argument("--seed", type=int, default=0)
     q.add_argument("--scale", default="demo")
 
-    p = sub.add_parser("pretrain", help="supervised classification pre-training of a backbone")
+    p = sub.add_parser("pretrain", help="pre-train a backbone: supervised (labelled ImageFolder) or "
+                       "self-supervised (method: moco_v2 | densecl, any images)")
     p.add_argument("config")
     p.add_argument("--out", required=True)
     p.add_argument("--no-progress", action="store_true")
@@ -260,7 +261,14 @@ def cmd_pretrain(args) -> int:
     _writable_dir(args.out)
     record = pretrain(load_pretrain_config(_config_path(args.config), args.overrides), Path(args.out),
                       progress=not args.no_progress)
-    print(f"{args.out}: backbone.safetensors written, val top-1 {record['top1']:.1f}%, "
+    if record.get("top1") is not None:
+        signal = f"val top-1 {record['top1']:.1f}%"
+    elif record.get("knn_top1") is not None:
+        signal = f"kNN top-1 {record['knn_top1']:.1f}% (random init's features: {record['knn_top1_init']:.1f}%)"
+    else:
+        signal = f"loss {record['loss']:.3f} (no labelled data.val for a kNN accuracy)"
+    collapsed = f", COLLAPSED at iteration {record['collapse_iter']}" if record.get("collapsed") else ""
+    print(f"{args.out}: backbone.safetensors written ({record['label']}), {signal}{collapsed}, "
           f"{record['images_seen']} images, {record['wall_time_s']:.0f} s")
     return 0
 

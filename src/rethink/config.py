@@ -422,8 +422,13 @@ class PretrainModelConfig:
 
 @dataclass(frozen=True)
 class PretrainDataConfig:
-    train: str = ""  # ImageFolder root: train/<class>/<image>
-    val: str = ""  # ImageFolder root with the same class folders
+    # supervised: an ImageFolder root (train/<class>/<image>). Self-supervised methods ignore labels: any folder of
+    # images (flat or nested), or a COCO annotations file whose images (in train_images) are used, annotations not
+    train: str = ""
+    train_images: str = ""  # self-supervised, with a COCO file as `train`: the folder its file_names are in
+    # supervised: ImageFolder root with the same class folders. Self-supervised: an optional labelled ImageFolder
+    # on which the features' kNN accuracy is measured along pre-training ("" = no labels: the loss is the signal)
+    val: str = ""
     image_size: int = 32  # every image becomes image_size x image_size (shorter side resized, centre crop)
     crop_padding: int = 4  # random crop of image_size from the image padded by this many black pixels per side
     hflip_prob: float = 0.5
@@ -447,10 +452,32 @@ class PretrainSolverConfig:
 
 
 @dataclass(frozen=True)
+class SelfSupConfig:
+    """The self-supervised methods' settings (method: moco_v2 | densecl); MoCo v2's values, sized for small data."""
+
+    temperature: float = 0.2  # of the InfoNCE loss (MoCo v2: 0.2)
+    memory_bank_size: int = 4096  # negatives kept from past batches' keys (MoCo's queue)
+    momentum: float = 0.99  # of the key encoder's moving average (MoCo: 0.999 over ~200 epochs; short runs: 0.99)
+    proj_hidden_dim: int = 512  # projection heads' hidden layer
+    proj_dim: int = 128  # embedding size the loss compares
+    min_scale: float = 0.2  # smallest random-resized-crop area (MoCo v2: 0.2)
+    cj_strength: float = 0.5  # colour jitter strength (lightly recommends 0.5 for small images)
+    dense_weight: float = 0.5  # densecl: weight of the dense loss against the global one (DenseCL's lambda)
+    knn_k: int = 20  # neighbours of the kNN accuracy on data.val
+    knn_t: float = 0.1  # temperature of the kNN vote
+    # an embedding std (of L2-normalized projections, times sqrt(proj_dim)) below this counts as collapse: about 1
+    # when embeddings spread over the sphere, 0 when they are all alike
+    collapse_std: float = 0.1
+
+
+@dataclass(frozen=True)
 class PretrainConfig:
+    method: str = "supervised"  # supervised (labels of an ImageFolder) | moco_v2 | densecl (no labels)
+    label: str = ""  # what the source is called in a report, e.g. "MoCo v2 on the target's images"; "" = derived
     model: PretrainModelConfig = field(default_factory=PretrainModelConfig)
     data: PretrainDataConfig = field(default_factory=PretrainDataConfig)
     solver: PretrainSolverConfig = field(default_factory=PretrainSolverConfig)
+    ssl: SelfSupConfig = field(default_factory=SelfSupConfig)
     seed: int = 0
     eval_period: int = 0  # evaluate on val every N iterations (0: only at the end)
     log_period: int = 20
@@ -461,6 +488,7 @@ class PretrainConfig:
 
 
 PRETRAIN_BACKBONES = ("tiny",) + TORCHVISION_RESNETS
+PRETRAIN_METHODS = ("supervised", "moco_v2", "densecl")
 # GN and BN train from scratch in one process; frozen_bn cannot train, syncbn needs several processes.
 PRETRAIN_NORMS = ("gn", "bn")
 
@@ -477,7 +505,8 @@ def load_pretrain_config(path, overrides=()) -> PretrainConfig:
 def pretrain_config_from_dict(data: dict, overrides=()) -> PretrainConfig:
     cfg = _from_dict(PretrainConfig, _with_overrides(data, overrides))
     validate_pretrain(cfg)
-    data_fields = {k: str(Path(getattr(cfg.data, k)).resolve()) for k in ("train", "val")}
+    data_fields = {k: str(Path(getattr(cfg.data, k)).resolve()) for k in ("train", "train_images", "val")
+                   if getattr(cfg.data, k)}
     if isinstance(cfg.data.cache_images, bool):
         data_fields["cache_images"] = "yes" if cfg.data.cache_images else "no"
     return dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, **data_fields))
@@ -497,9 +526,14 @@ def validate_pretrain(cfg: PretrainConfig) -> None:
         raise UserError(f"model.gn_groups: {m.gn_groups} must be positive")
     check_tiny_backbone(m)
 
-    for split in ("train", "val"):
-        if not getattr(d, split):
-            raise UserError(f"data.{split}: needs an ImageFolder root (a folder of one sub-folder per class)")
+    if cfg.method not in PRETRAIN_METHODS:
+        raise UserError(f"method: '{cfg.method}' is not one of {', '.join(PRETRAIN_METHODS)}")
+    if cfg.method == "supervised":
+        for split in ("train", "val"):
+            if not getattr(d, split):
+                raise UserError(f"data.{split}: needs an ImageFolder root (a folder of one sub-folder per class)")
+    else:
+        _check_selfsup(cfg)
     # The stem and the first stages halve the image four times before res5; below 16 px nothing is left to see.
     if d.image_size < 16:
         raise UserError(f"data.image_size: {d.image_size} must be at least 16")
@@ -517,6 +551,27 @@ def validate_pretrain(cfg: PretrainConfig) -> None:
     if not 0 <= s.label_smoothing < 1:
         raise UserError(f"solver.label_smoothing: {s.label_smoothing} must be in [0, 1)")
     check_run_settings(cfg)
+
+
+def _check_selfsup(cfg: PretrainConfig) -> None:
+    d, x = cfg.data, cfg.ssl
+    if not d.train:
+        raise UserError("data.train: needs a folder of images, or a COCO annotations file with data.train_images")
+    if d.train.endswith(".json") and not d.train_images:
+        raise UserError("data.train_images: a COCO file as data.train needs the folder its images are in")
+    if x.temperature <= 0 or x.knn_t <= 0:
+        raise UserError("ssl.temperature / ssl.knn_t: must be positive")
+    if x.memory_bank_size < 0:
+        raise UserError(f"ssl.memory_bank_size: {x.memory_bank_size} must be >= 0 (0: negatives from the batch only)")
+    if not 0 <= x.momentum < 1:
+        raise UserError(f"ssl.momentum: {x.momentum} must be in [0, 1)")
+    for key in ("proj_hidden_dim", "proj_dim", "knn_k"):
+        if getattr(x, key) <= 0:
+            raise UserError(f"ssl.{key}: {getattr(x, key)} must be positive")
+    if not 0 < x.min_scale <= 1:
+        raise UserError(f"ssl.min_scale: {x.min_scale} must be in (0, 1]")
+    if x.cj_strength < 0 or not 0 <= x.dense_weight <= 1 or x.collapse_std < 0:
+        raise UserError("ssl.cj_strength must be >= 0, ssl.dense_weight in [0, 1], ssl.collapse_std >= 0")
 
 
 def total_iters(cfg: RunConfig) -> int:

@@ -80,6 +80,15 @@ def read_image(path, size: int) -> np.ndarray:
         raise UserError(f"{path}: not a readable image ({reason(e)})") from None
 
 
+def decode_images(paths, size: int, desc: str, progress: bool = False) -> torch.Tensor:
+    """Decode every image into one (N, 3, size, size) uint8 tensor (about 3 KiB per 32x32 image)."""
+    images = torch.empty((len(paths), 3, size, size), dtype=torch.uint8)
+    array = images.numpy()  # shares memory: each image is written in place, channels-first, no second copy
+    for i, path in enumerate(tqdm(paths, desc=desc, unit="img", disable=not progress, mininterval=1.0, leave=False)):
+        array[i] = read_image(path, size).transpose(2, 0, 1)
+    return images
+
+
 class ImageSet(torch.utils.data.Dataset):
     """One ImageFolder split as uint8 (3, size, size) images, decoded once into memory or read on demand.
 
@@ -113,13 +122,7 @@ class ImageSet(torch.utils.data.Dataset):
         return len(self) * 3 * self.size * self.size
 
     def decode_all(self, progress: bool = False) -> None:
-        """Decode every image into one (N, 3, size, size) uint8 tensor (about 3 KiB per 32x32 image)."""
-        images = torch.empty((len(self), 3, self.size, self.size), dtype=torch.uint8)
-        array = images.numpy()  # shares memory: each image is written in place, channels-first, no second copy
-        for i, path in enumerate(tqdm(self.paths, desc=f"decode {Path(self.root).name}", unit="img",
-                                      disable=not progress, mininterval=1.0, leave=False)):
-            array[i] = read_image(path, self.size).transpose(2, 0, 1)
-        self.images = images
+        self.images = decode_images(self.paths, self.size, f"decode {Path(self.root).name}", progress)
 
     def __getitem__(self, item):
         index, flip = item
@@ -225,6 +228,21 @@ def body_state_dict(model) -> dict:
     return {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items() if not k.startswith("fc.")}
 
 
+METHOD_NAMES = {"supervised": "supervised", "moco_v2": "MoCo v2", "densecl": "DenseCL"}
+
+
+def source_label(cfg: PretrainConfig) -> str:
+    """What a report calls this pre-training: the config's `label`, else the method and the data's folder name
+    ("supervised on source" for source/train, "MoCo v2 on target" for target/train/annotations.json)."""
+    if cfg.label:
+        return cfg.label
+    where = Path(cfg.data.train)
+    where = where.parent if where.suffix == ".json" else where
+    while where.name in ("train", "images", "val") and where.parent != where:
+        where = where.parent
+    return f"{METHOD_NAMES[cfg.method]} on {where.name or where}"
+
+
 def save_backbone(path: Path, model, cfg: PretrainConfig, top1: float) -> None:
     from safetensors.torch import save_file
 
@@ -257,6 +275,10 @@ def pretrain(cfg: PretrainConfig, out: Path, progress: bool = True, stop_after: 
         if record.get("config") == config_dict:
             return record
         raise UserError(f"{record_path}: a finished pre-training with a different config; use another --out")
+    if cfg.method != "supervised":  # learning without labels: engine/selfsup.py, in the same loop
+        from rethink.engine.selfsup import pretrain_selfsup
+
+        return pretrain_selfsup(cfg, out, config_dict, progress, stop_after)
 
     run_start = time.perf_counter()
     device = setup_device(cfg.device, cfg.model.norm, cfg.threads, cfg.deterministic)
@@ -412,6 +434,7 @@ class PretrainSteps:
         s, times = self.cfg.solver, self.elapsed_times()
         train_s = times["train_time_s"]
         return {
+            "method": self.cfg.method, "label": source_label(self.cfg),
             "top1": self.last_eval["top1"], "val_loss": self.last_eval["loss"], "iters": s.iters,
             "batch_size": s.batch_size, "images_seen": self.counts["images_seen"],
             "pixels_seen": self.counts["pixels_seen"], "epochs": self.counts["images_seen"] / train_images,
