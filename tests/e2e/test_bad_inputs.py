@@ -402,6 +402,23 @@ def case_init_study_bad_annotations(root):
     return ["init-study", str(d), "--out", str(root / "o")], "not valid JSON"
 
 
+def case_val_category_renamed(root):
+    d = _data_copy(root, "renamed", lambda d: _edit_json(
+        d / "val" / "annotations.json", lambda j: j["categories"][0].update(name="box")))
+    return ["train", str(_config(root, "c", d)), "--out", str(root / "o")], "category id 1 is 'box' here and 'rect'"
+
+
+def case_val_without_annotations(root):
+    d = _data_copy(root, "valempty", lambda d: _edit_json(
+        d / "val" / "annotations.json", lambda j: j.update(annotations=[])))
+    return ["train", str(_config(root, "c", d)), "--out", str(root / "o")], "nothing to evaluate against"
+
+
+def case_eval_weights_is_a_run_folder(root):
+    return ["eval", str(_config(root, "c")), "--weights", str(root / "finished")], \
+        "is a folder; pass one checkpoint file, e.g. "
+
+
 CASES = [v for k, v in sorted(globals().items()) if k.startswith("case_")]
 
 

@@ -166,6 +166,24 @@ def check_coco(
     )
 
 
+def check_pair(train: "DatasetCheck", val: "DatasetCheck") -> None:
+    """A training and a validation set that can be compared: the same categories (ids and names), and a val set
+    with something to find (without annotations every AP is undefined, and a run would train for nothing)."""
+    train_cats = {c["id"]: c.get("name") for c in train.coco["categories"]}
+    val_cats = {c["id"]: c.get("name") for c in val.coco["categories"]}
+    if set(train_cats) != set(val_cats):
+        only = sorted(set(train_cats) ^ set(val_cats))
+        raise UserError(f"{val.annotations_path}: categories differ from the training set's "
+                        f"({train.annotations_path}): category id {only[0]} is in only one of them")
+    for cat_id, name in sorted(train_cats.items()):
+        if val_cats[cat_id] != name:
+            raise UserError(f"{val.annotations_path}: category id {cat_id} is '{val_cats[cat_id]}' here and '{name}' in "
+                            f"{train.annotations_path}; the two sets must use the same ids for the same categories")
+    if val.num_annotations == val.num_crowd_annotations:
+        raise UserError(f"{val.annotations_path}: the validation set has no (non-crowd) annotations, so there is "
+                        "nothing to evaluate against; use a labelled validation set")
+
+
 def check_train_size(check: DatasetCheck, train_size) -> int:
     """Number of training images a run uses: all usable ones for "full", else `train_size`.
 

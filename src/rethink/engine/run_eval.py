@@ -20,6 +20,10 @@ def evaluate_weights(cfg: RunConfig, weights: Path, per_category: bool = False,
     _, val_set, train_check, val_check = load_datasets(cfg)
     torch.manual_seed(cfg.seed)
     model = build_detector(cfg.model, cfg.data, len(val_set.cat_ids))
+    if Path(weights).is_dir():
+        newest = ckpt.latest(weights)
+        example = newest[1] if newest else Path(weights) / "checkpoints" / "iter_XXXXXXX.pt"
+        raise UserError(f"{weights}: is a folder; pass one checkpoint file, e.g. {example}")
     state = ckpt.load(weights)
     state = state.get("model", state) if isinstance(state, dict) else state
     if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):

@@ -18,7 +18,7 @@ from rethink import schedule as sched
 from rethink.config import RunConfig
 from rethink.data.coco import CocoDetection, collate, subset_image_ids, val_image_ids
 from rethink.data.sampling import InfiniteSampler, keyed_samplers, keyed_scale_choice
-from rethink.data.validate import check_coco, check_train_size
+from rethink.data.validate import check_coco, check_pair, check_train_size
 from rethink.engine import checkpoint as ckpt
 from rethink.engine import distributed
 from rethink.engine.evaluate import evaluate
@@ -35,8 +35,7 @@ def load_datasets(cfg: RunConfig):
     train_check = check_coco(Path(d.train.images), Path(d.train.annotations), role="train", require_masks=with_masks)
     val_check = check_coco(Path(d.val.images), Path(d.val.annotations), role="val", require_masks=with_masks)
     check_train_size(train_check, d.train_size)
-    if {c["id"] for c in train_check.coco["categories"]} != {c["id"] for c in val_check.coco["categories"]}:
-        raise UserError(f"{d.val.annotations}: categories differ from the training set's ({d.train.annotations})")
+    check_pair(train_check, val_check)
     train_ids = subset_image_ids(train_check, d.train_size, d.subset_seed)
     train_set = CocoDetection(train_check, train_ids, with_masks, d.cache_images, train=True)
     val_set = CocoDetection(val_check, val_image_ids(val_check, d.val_size), with_masks, d.cache_images, train=False)

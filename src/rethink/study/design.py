@@ -122,10 +122,11 @@ def _layouts(data: Path):
 
 def describe(train: SplitConfig, val: SplitConfig) -> DataSet:
     """Check both splits as training will (one-line errors naming file and id) and measure the training set."""
-    from rethink.data.validate import check_coco
+    from rethink.data.validate import check_coco, check_pair
 
     train_check = check_coco(Path(train.images), Path(train.annotations), role="train", require_masks=False)
     val_check = check_coco(Path(val.images), Path(val.annotations), role="val", require_masks=False)
+    check_pair(train_check, val_check)
     coco = train_check.coco
     usable = set(train_check.usable_image_ids)
     if not usable:

@@ -251,7 +251,9 @@ def run_pretrain_steps(study: StudyPlan, study_dir: Path, overrides=(), progress
             continue
         if progress:
             print(f"[study] pre-training {name} ({study.pretrain[name]})", flush=True)
-        pretrain(load_pretrain_config(study.pretrain[name], overrides), out, progress=progress)
+        # the step's own overrides (train_on, set) after the command's: a step that says what it trains on wins
+        steps = [*overrides, *study.pretrain_set.get(name, ())]
+        pretrain(load_pretrain_config(study.pretrain[name], steps), out, progress=progress)
 
 
 def check_init_files(study: StudyPlan) -> None:
@@ -277,7 +279,7 @@ def check_init_files(study: StudyPlan) -> None:
 def check_study_data(study: StudyPlan) -> None:
     """The study's datasets are checked once before any run starts: bad data would otherwise fail every run at
     its start, each with the same message, and the study would end with a list of failed runs."""
-    from rethink.data.validate import check_coco, check_train_size
+    from rethink.data.validate import check_coco, check_pair, check_train_size
 
     by_data: dict[tuple, list] = {}
     for spec in study.runs:
@@ -287,7 +289,7 @@ def check_study_data(study: StudyPlan) -> None:
     for (train, val, masks), sizes in by_data.items():
         try:
             check = check_coco(Path(train.images), Path(train.annotations), role="train", require_masks=masks)
-            check_coco(Path(val.images), Path(val.annotations), role="val", require_masks=masks)
+            check_pair(check, check_coco(Path(val.images), Path(val.annotations), role="val", require_masks=masks))
             for size in sizes:
                 check_train_size(check, size)
         except UserError as e:
