@@ -419,6 +419,13 @@ def case_eval_weights_is_a_run_folder(root):
         "is a folder; pass one checkpoint file, e.g. "
 
 
+def case_study_pretrain_source_not_generated(root):
+    source = root / "nobench" / "benchmark" / "source"
+    (root / "pt.yaml").write_text(yaml.safe_dump({"data": {"train": str(source / "train"), "val": str(source / "val")}}))
+    study = _study(root, "ptmissing", {"pretrain": {"pt": "pt.yaml"}, "matrix": {"init": ["random", "pt"]}})
+    return ["study", str(study), "--out", str(root / "o")], "generate the bundled benchmark first: rethink data synth"
+
+
 CASES = [v for k, v in sorted(globals().items()) if k.startswith("case_")]
 
 

@@ -296,6 +296,29 @@ def check_study_data(study: StudyPlan) -> None:
             raise UserError(f"{study.path}: {e}") from None
 
 
+def check_pretrain_data(study: StudyPlan, out: Path, overrides=()) -> None:
+    """The data of each pre-training step still to run exists; the bundled step's source is the offline
+    benchmark, generated on demand, and the message says how."""
+    from rethink.config import load_pretrain_config
+
+    needed = sorted({s.pretrain for s in study.runs if s.pretrain})
+    for name in needed:
+        if (out / "pretrain" / name / "pretrain.json").exists():
+            continue
+        try:
+            cfg = load_pretrain_config(study.pretrain[name], overrides)
+        except UserError as e:
+            raise UserError(f"{study.path}: pretrain.{name}: {e}") from None
+        source = Path(cfg.data.train)
+        if not source.exists():
+            hint = ""
+            if "source" in source.parts and any("benchmark" in part for part in source.parts):
+                root = Path(*source.parts[:source.parts.index("source")])
+                hint = f"; generate the bundled benchmark first: rethink data synth --out {root}"
+            raise UserError(f"{study.path}: pretrain.{name}: data.train {source} not found (paths in "
+                            f"{study.pretrain[name].name} are relative to the folder you run in){hint}")
+
+
 def run_study(study_path: Path, out: Path, executor: str = "local", jobs: int | None = None, nproc: int = 1,
               slurm: dict | None = None, progress: bool = True, overrides=(), pretrain_overrides=(),
               share_trunks: bool = True, adaptive: bool = False) -> int:
@@ -306,6 +329,7 @@ def run_study(study_path: Path, out: Path, executor: str = "local", jobs: int | 
     study = load_plan(study_path, overrides, pretrain_dir=out / "pretrain", share_trunks=share_trunks)
     check_init_files(study)
     check_study_data(study)
+    check_pretrain_data(study, out, pretrain_overrides)
     out.mkdir(parents=True, exist_ok=True)
     with store.StudyLock(out):
         atomic_write_text(out / "study.yaml", Path(study_path).read_text())
