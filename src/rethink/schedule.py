@@ -91,7 +91,8 @@ def check_schedule(factor: float, iters_1x: int, warmup_iters: int, key: str = "
     if warmup_iters > first:
         raise UserError(
             f"solver.warmup_iters: {warmup_iters} is past the first LR drop at iteration {first} "
-            f"of the {format_schedule(factor)} schedule"
+            f"of the {format_schedule(factor)} schedule; set it to at most {first} (a tenth of solver.iters_1x is "
+            "a safe choice), or lengthen solver.iters_1x"
         )
 
 

@@ -120,7 +120,7 @@ def case_syncbn_on_cpu(root):
 
 
 def case_warmup_past_drop(root):
-    return ["train", str(_config(root, "c")), "--out", str(root / "o"), "--set", "solver.warmup_iters=50"], "solver.warmup_iters"
+    return ["train", str(_config(root, "c")), "--out", str(root / "o"), "--set", "solver.warmup_iters=50"], "solver.warmup_iters: 50 is past the first LR drop at iteration 8 of the 1x schedule; set it to at most 8"
 
 
 def case_set_without_value(root):
