@@ -120,7 +120,8 @@ def case_syncbn_on_cpu(root):
 
 
 def case_warmup_past_drop(root):
-    return ["train", str(_config(root, "c")), "--out", str(root / "o"), "--set", "solver.warmup_iters=50"], "solver.warmup_iters: 50 is past the first LR drop at iteration 8 of the 1x schedule; set it to at most 8"
+    return ["train", str(_config(root, "c")), "--out", str(root / "o"), "--set", "solver.warmup_iters=50"], \
+        "solver.warmup_iters: 50 is past the first LR drop at iteration 8 of the 1x schedule; set it to at most 8"
 
 
 def case_set_without_value(root):
@@ -310,7 +311,8 @@ def case_train_nproc_zero(root):
 
 
 def case_train_nproc_negative(root):
-    return ["train", str(_config(root, "c")), "--out", str(root / "o"), "--nproc", "-2"], "--nproc -2: must be at least 1"
+    return ["train", str(_config(root, "c")), "--out", str(root / "o"), "--nproc", "-2"], \
+        "--nproc -2: must be at least 1"
 
 
 def case_study_jobs_zero(root):
@@ -421,7 +423,8 @@ def case_eval_weights_is_a_run_folder(root):
 
 def case_study_pretrain_source_not_generated(root):
     source = root / "nobench" / "benchmark" / "source"
-    (root / "pt.yaml").write_text(yaml.safe_dump({"data": {"train": str(source / "train"), "val": str(source / "val")}}))
+    config = {"data": {"train": str(source / "train"), "val": str(source / "val")}}
+    (root / "pt.yaml").write_text(yaml.safe_dump(config))
     study = _study(root, "ptmissing", {"pretrain": {"pt": "pt.yaml"}, "matrix": {"init": ["random", "pt"]}})
     return ["study", str(study), "--out", str(root / "o")], "generate the bundled benchmark first: rethink data synth"
 

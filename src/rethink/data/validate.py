@@ -177,8 +177,8 @@ def check_pair(train: "DatasetCheck", val: "DatasetCheck") -> None:
                         f"({train.annotations_path}): category id {only[0]} is in only one of them")
     for cat_id, name in sorted(train_cats.items()):
         if val_cats[cat_id] != name:
-            raise UserError(f"{val.annotations_path}: category id {cat_id} is '{val_cats[cat_id]}' here and '{name}' in "
-                            f"{train.annotations_path}; the two sets must use the same ids for the same categories")
+            raise UserError(f"{val.annotations_path}: category id {cat_id} is '{val_cats[cat_id]}' here and '{name}' "
+                            f"in {train.annotations_path}; the two sets must use the same ids for the same categories")
     if val.num_annotations == val.num_crowd_annotations:
         raise UserError(f"{val.annotations_path}: the validation set has no (non-crowd) annotations, so there is "
                         "nothing to evaluate against; use a labelled validation set")
