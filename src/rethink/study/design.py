@@ -124,8 +124,11 @@ def describe(train: SplitConfig, val: SplitConfig) -> DataSet:
     """Check both splits as training will (one-line errors naming file and id) and measure the training set."""
     from rethink.data.validate import check_coco, check_pair
 
-    train_check = check_coco(Path(train.images), Path(train.annotations), role="train", require_masks=False)
-    val_check = check_coco(Path(val.images), Path(val.annotations), role="val", require_masks=False)
+    # image headers only (seconds on COCO): every training run decodes its images when it starts
+    train_check = check_coco(Path(train.images), Path(train.annotations), role="train", require_masks=False,
+                             decode_images=False)
+    val_check = check_coco(Path(val.images), Path(val.annotations), role="val", require_masks=False,
+                           decode_images=False)
     check_pair(train_check, val_check)
     coco = train_check.coco
     usable = set(train_check.usable_image_ids)
@@ -195,7 +198,7 @@ def study_text(name: str, ds: DataSet, d: Design) -> str:
         f"# {ds.train_images} training images, {ds.val_images} val images, {ds.categories} categories, "
         f"{'masks' if ds.has_masks else 'boxes only'}; median image {ds.median_short} px on its shorter side.",
         f"# Sized for {hardware}. Every number below is a choice: edit it (docs/own-data.md, docs/config.md).",
-        f"name: {name}",
+        f"name: {_q(name)}",
         f"base: {d.base}",
     ]
     if d.pretrained == "pretrain":

@@ -288,8 +288,11 @@ def check_study_data(study: StudyPlan) -> None:
         by_data.setdefault(key, []).append(d.train_size)
     for (train, val, masks), sizes in by_data.items():
         try:
-            check = check_coco(Path(train.images), Path(train.annotations), role="train", require_masks=masks)
-            check_pair(check, check_coco(Path(val.images), Path(val.annotations), role="val", require_masks=masks))
+            # image headers only: each run decodes its images when it starts
+            check = check_coco(Path(train.images), Path(train.annotations), role="train", require_masks=masks,
+                               decode_images=False)
+            check_pair(check, check_coco(Path(val.images), Path(val.annotations), role="val", require_masks=masks,
+                                         decode_images=False))
             for size in sizes:
                 check_train_size(check, size)
         except UserError as e:
