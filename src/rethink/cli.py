@@ -28,8 +28,15 @@ def _version() -> str:
         return "unknown (not installed)"
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors, as every other bad input gets (argparse prints its usage block first)."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="rethink", description="Do you need ImageNet pre-training? "
+    parser = _Parser(prog="rethink", description="Do you need ImageNet pre-training? "
                                      "Train the same detector from random and pretrained init and compare.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)

@@ -85,3 +85,13 @@ def test_train_says_how_many_threads_it_chose(tmp_path, coco_data):
                              "--no-progress", "--set", "solver.iters_1x=2", "solver.warmup_iters=1", "eval_period=0"],
                             capture_output=True, text=True, env={**env, "OMP_NUM_THREADS": "1"}, timeout=300)
     assert "threads: 1 (from OMP_NUM_THREADS" in result.stdout
+
+
+@pytest.mark.parametrize("argv", [["train"], ["init-study", "x", "--device", "tpu"], ["study", "s.yaml", "--out", "o",
+                                  "--executor", "k8s"], ["train", "c.yaml", "--out", "o", "--nproc", "two"], []])
+def test_a_command_line_mistake_is_one_line(argv, capsys):
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    err = capsys.readouterr().err
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert info.value.code == 2 and len(lines) == 1 and "error: " in lines[0] and "--help" in lines[0], err
