@@ -6,13 +6,13 @@ import sys
 from pathlib import Path
 
 from rethink.configs import bundled_dir
-from rethink.demo import study_over_seeds
+from rethink.demo import study_copy
 from rethink.study.plan import load_plan
 
 
 def test_seeds_study_is_the_demo_over_n_seeds(tmp_path):
     demo = load_plan(bundled_dir() / "studies" / "demo.yaml")
-    path = study_over_seeds(bundled_dir() / "studies" / "demo.yaml", 3, tmp_path)
+    path = study_copy(bundled_dir() / "studies" / "demo.yaml", tmp_path, 3, tmp_path / "benchmark")
     seeds3 = load_plan(path)
     assert {r.seed for r in demo.runs} == {0}
     assert {r.seed for r in seeds3.runs} == {0, 1, 2}
@@ -45,3 +45,18 @@ def test_demo_refuses_bad_seeds(tmp_path):
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 2 and "--seeds: must be a positive integer" in result.stderr
     assert not (tmp_path / "d").exists()
+
+
+def test_sources_study_crosses_every_source_with_random(tmp_path):
+    path = study_copy(bundled_dir() / "studies" / "demo_sources.yaml", tmp_path, 1, tmp_path / "benchmark")
+    study = load_plan(path)
+    sources = {"supervised", "moco_target", "moco_unlabelled", "moco_source", "densecl_unlabelled"}
+    assert {r.init_label for r in study.runs} == {"random"} | sources
+    for size in ("full", 100):
+        assert {r.init_label for r in study.runs if r.train_size == size} == {"random"} | sources
+    steps = study.pretrain_set
+    assert all(dict(steps[name])["label"] for name in sources)  # every source is named for what it is
+    # the extra images are the demo's own benchmark's; the target's train split is read in place
+    assert dict(steps["moco_unlabelled"])["data.train"] == str(tmp_path / "benchmark" / "target" / "unlabelled")
+    assert dict(steps["moco_target"])["data.train"].endswith("target/train/annotations.json")
+    assert dict(steps["densecl_unlabelled"])["method"] == "densecl"

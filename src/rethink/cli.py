@@ -139,6 +139,8 @@ def _add_study_commands(sub) -> None:
     p.add_argument("--quick", action="store_true", help="a much shorter version (checks the pipeline)")
     p.add_argument("--seeds", type=int, default=1, help="run the study over seeds 0..N-1 (paired 95%% intervals)")
     p.add_argument("--adaptive", action="store_true", help="run the study with rethink study --adaptive")
+    p.add_argument("--sources", action="store_true", help="several pre-trained sources (supervised, MoCo v2 and "
+                   "DenseCL on the target's own and extra unlabelled images, MoCo v2 on the source) against random")
 
 
 def _config_path(text: str) -> Path:
@@ -378,7 +380,7 @@ def cmd_demo(args) -> int:
 
     _at_least(args.seeds, 1, "--seeds")
     _writable_dir(args.out)
-    return run_demo(Path(args.out), quick=args.quick, seeds=args.seeds, adaptive=args.adaptive)
+    return run_demo(Path(args.out), quick=args.quick, seeds=args.seeds, adaptive=args.adaptive, sources=args.sources)
 
 
 COMMANDS = {

@@ -67,6 +67,10 @@ _IN_PROGRESS = ".synth-in-progress.json"
 
 # Split codes enter every image's seed, so train and val images never coincide.
 _SOURCE_TRAIN, _SOURCE_VAL, _TARGET_TRAIN, _TARGET_VAL = 0, 1, 2, 3
+# Extra unlabelled target-domain images (write_unlabelled): a split of their own, drawn like target/train.
+_TARGET_UNLABELLED = 4
+UNLABELLED = "target/unlabelled"
+UNLABELLED_MANIFEST = "unlabelled.json"
 
 # Source images are drawn at twice their size and averaged down: shapes get anti-aliased edges,
 # as photographs have, and thin outlines survive at 32 px.
@@ -952,3 +956,47 @@ def write_benchmark(out, seed: int = 0, scale: str = "demo", progress: bool = Tr
     atomic_write_json(manifest_path, manifest)
     marker.unlink()
     return manifest
+
+
+def write_unlabelled(out, count: int, progress: bool = True, workers: int | None = None) -> dict:
+    """Draw `count` extra target-domain images without annotations into `out`/target/unlabelled/ (an existing
+    benchmark's folder; its own files are not touched): what a user collects cheaply and does not label, for
+    self-supervised in-domain pre-training. Drawn like target/train (same scale, seed and generator) from a split
+    code of their own, so no image repeats a labelled one. Returns the folder's manifest, written last
+    (`unlabelled.json` beside the images: count, generator version, seed, scale, checksum); the same call again
+    reuses it.
+    """
+    out = Path(out)
+    manifest = read_json(out / MANIFEST) if (out / MANIFEST).exists() else None
+    if manifest is None:
+        raise UserError(f"{out}: no {MANIFEST}; generate the benchmark first (rethink data synth --out {out})")
+    if isinstance(count, bool) or not isinstance(count, int) or count <= 0:
+        raise UserError(f"unlabelled images: count must be a positive integer, got {count!r}")
+    seed, scale = manifest["seed"], SCALES[manifest["scale"]]
+    params = {"generator_version": GENERATOR_VERSION, "seed": seed, "scale": scale.name, "count": count}
+    folder = out / UNLABELLED
+    record_path = folder / UNLABELLED_MANIFEST
+    if record_path.exists():
+        record = read_json(record_path)
+        if all(record.get(k) == v for k, v in params.items()):
+            return record
+        shutil.rmtree(folder)  # drawn with other parameters: this function's own folder, redrawn whole
+    elif folder.exists():
+        shutil.rmtree(folder)  # a killed drawing: no manifest yet
+    image_dir = folder / "images"
+    image_dir.mkdir(parents=True)
+    spans = _chunks(count, 100)
+    tasks = [(seed, _TARGET_UNLABELLED, a, b, scale.name, str(image_dir), f"{UNLABELLED}/images") for a, b in spans]
+    n_workers = workers if workers is not None else _default_workers(count)
+    pool = multiprocessing.get_context("spawn").Pool(n_workers) if n_workers > 1 else None
+    try:
+        results = _run(pool, _target_chunk, tasks, [b - a for a, b in spans], UNLABELLED, progress)
+    finally:
+        if pool is not None:
+            pool.close()
+            pool.join()
+    record = {**params, "images": f"{UNLABELLED}/images", "image_size": scale.target_size,
+              "sha256": _digest([h for r in results for h in r[0]])}
+    os.sync()
+    atomic_write_json(record_path, record)
+    return record

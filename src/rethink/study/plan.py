@@ -7,6 +7,10 @@ A study file (YAML):
     set: {eval_period: 125}               # overrides of the base, for every run
     pretrain:                             # optional pre-training steps, run first; usable as an init source
       pretrain: ../tiny/pretrain.yaml
+      moco_target:                        # or a mapping: the config, what to pre-train on, and overrides
+        config: ../tiny/pretrain_moco.yaml
+        train_on: target                  # the base config's training images (annotations unused), or a folder
+        set: {label: "MoCo v2 on the target's images"}
     matrix:                               # one mapping, or a list of mappings whose runs are united
       - init: [random, pretrain]          # random, imagenet, a pretrain step's name, or a weights path
         solver.schedule: [0.5x, 1x, 3x]
@@ -80,6 +84,7 @@ class StudyPlan:
     margin_ap: float
     gpu_img_per_s: float
     init_cost: dict = field(default_factory=dict)  # source -> what its pre-training cost (report.init_cost)
+    pretrain_set: dict = field(default_factory=dict)  # name -> ((key, value), ...): a step's own config overrides
 
 
 def _label_for(init: str, pretrain_names) -> str:
@@ -107,6 +112,7 @@ def load_plan(path: Path, overrides=(), pretrain_dir: Path | None = None, share_
             raise UserError(f"{path}: missing key `{key}`")
     base = _base_config(path, data, overrides)
     pretrain_paths = _pretrain_paths(path, data.get("pretrain") or {})
+    pretrain_set = _pretrain_set(path, data.get("pretrain") or {}, base)
     matrices = data["matrix"] if isinstance(data["matrix"], list) else [data["matrix"]]
     runs: dict[str, RunSpec] = {}
     for m_index, matrix in enumerate(matrices):
@@ -123,7 +129,7 @@ def load_plan(path: Path, overrides=(), pretrain_dir: Path | None = None, share_
     gpu_ips = float(data.get("gpu_img_per_s", DEFAULT_GPU_IMG_PER_S))
     specs = _share_trunks(list(runs.values())) if share_trunks else sorted(runs.values(), key=lambda r: r.name)
     study = StudyPlan(path, str(data.get("name", path.stem)), tuple(specs), pretrain_paths, float(margin), gpu_ips,
-                      init_cost)
+                      init_cost, pretrain_set)
     _check_controlled(study)
     labels = {spec.init_label for spec in study.runs} - {"random"}
     for source in init_cost:
@@ -175,12 +181,48 @@ def _pretrain_paths(path: Path, pretrain) -> dict[str, Path]:
     for name, cfg_path in pretrain.items():
         if name in ("random", "imagenet") or not re.fullmatch(r"[A-Za-z0-9_-]+", str(name)):
             raise UserError(f"{path}: pretrain: '{name}' cannot name a pre-training step (letters, digits, _ and -)")
+        if isinstance(cfg_path, dict):
+            if "config" not in cfg_path:
+                raise UserError(f"{path}: pretrain.{name}: a mapping needs `config` (and optionally train_on, set)")
+            cfg_path = cfg_path["config"]
         p = _beside_or_bundled(path, str(cfg_path))
         if p is None:
             raise UserError(f"{path}: pretrain.{name}: config {(path.parent / str(cfg_path)).resolve()} not found, nor "
                             "a bundled config of that name (e.g. tiny/pretrain.yaml)")
         paths[name] = p
     return paths
+
+
+STEP_KEYS = {"config", "train_on", "set"}
+
+
+def _pretrain_set(path: Path, pretrain: dict, base: dict) -> dict:
+    """Each mapping step's own overrides: `train_on: target` pre-trains on the base run config's training images
+    (its COCO file's images; annotations unused, nothing copied), `train_on: FOLDER` on any image folder (a data
+    path: relative to the current directory); then the step's `set`."""
+    out = {}
+    for name, step in pretrain.items():
+        if not isinstance(step, dict):
+            continue
+        where = f"{path}: pretrain.{name}"
+        unknown = set(step) - STEP_KEYS
+        if unknown:
+            raise UserError(f"{where}: unknown key {sorted(unknown)[0]} (known: {', '.join(sorted(STEP_KEYS))})")
+        pairs = []
+        train_on = step.get("train_on")
+        if train_on == "target":
+            train = cfgmod.resolve_paths(cfgmod.config_from_dict(base)).data.train
+            pairs += [("data.train", train.annotations), ("data.train_images", train.images)]
+        elif isinstance(train_on, str) and train_on:
+            pairs += [("data.train", str(Path(train_on).resolve()))]
+        elif train_on is not None:
+            raise UserError(f"{where}.train_on: expected `target` or an image folder, got {train_on!r}")
+        shared = step.get("set") or {}
+        if not isinstance(shared, dict):
+            raise UserError(f"{where}.set: expected a mapping of pre-training config keys to values")
+        pairs += list(shared.items())
+        out[name] = tuple(pairs)
+    return out
 
 
 def _matrix_runs(where: str, matrix, base: dict, pretrain_paths: dict, pretrain_dir: Path) -> list[RunSpec]:
@@ -343,6 +385,7 @@ def plan_summary(study: StudyPlan, img_per_s: float | None = None) -> dict:
         "gpu_hours_planned": sched.gpu_hours(images_planned, ips),
         "gpu_hours_naive": sched.gpu_hours(images_naive, ips),
         "pretrain": {k: str(v) for k, v in study.pretrain.items()},
+        "pretrain_set": {k: {key: value for key, value in v} for k, v in study.pretrain_set.items()},
     }
 
 
