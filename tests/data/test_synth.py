@@ -243,3 +243,27 @@ def test_demo_source_holds_none_of_the_target_objects_parts():
     assert (TINY.source_train_images, TINY.source_val_images, TINY.target_size) == (240, 80, 64)
     with pytest.raises(Exception):
         demo.target_train = 3  # frozen: the lead reads sizes, nobody edits them in place
+
+
+def test_unlabelled_images_leave_the_benchmark_untouched_and_repeat_none_of_it(bench, tmp_path):
+    out, manifest = bench
+    copy = tmp_path / "b"
+    shutil.copytree(out, copy)
+    before = file_hashes(copy)
+    record = synth.write_unlabelled(copy, 30, progress=False, workers=1)
+    after = file_hashes(copy)
+    assert {k: v for k, v in after.items() if not k.startswith("target/unlabelled/")} == before
+    images = sorted((copy / "target" / "unlabelled" / "images").glob("*.png"))
+    assert len(images) == 30 and record["count"] == 30 and record["scale"] == "tiny"
+    assert Image.open(images[0]).size == (TINY.target_size, TINY.target_size)
+    labelled = {v for k, v in before.items() if k.endswith(".png")}
+    assert not labelled & {hashlib.sha256(p.read_bytes()).hexdigest() for p in images}
+    # a second call reuses them; drawn elsewhere with other workers: the same bytes; another count: redrawn
+    assert synth.write_unlabelled(copy, 30, progress=False) == record and file_hashes(copy) == after
+    shutil.copytree(out, tmp_path / "c")
+    assert synth.write_unlabelled(tmp_path / "c", 30, progress=False, workers=2) == record
+    assert file_hashes(tmp_path / "c") == after
+    assert synth.write_unlabelled(copy, 12, progress=False)["count"] == 12
+    assert len(list((copy / "target" / "unlabelled" / "images").glob("*.png"))) == 12
+    with pytest.raises(UserError, match="no benchmark.json"):
+        synth.write_unlabelled(tmp_path / "empty", 5, progress=False)
