@@ -52,3 +52,15 @@ def test_a_step_pretrains_on_the_targets_train_split_in_place(coco_data, tmp_pat
 def test_a_bad_step_names_its_key(coco_data, tmp_path, step, message):
     with pytest.raises(UserError, match=message):
         load_plan(write_study(tmp_path, coco_data, step))
+
+
+def test_the_data_check_reads_where_the_step_trains(coco_data, tmp_path):
+    """The step's config names a folder that does not exist; `train_on: target` replaces it, and the check
+    before any run looks at what the step will read."""
+    from rethink.study.run import check_pretrain_data
+
+    study = load_plan(write_study(tmp_path, coco_data, {"config": "ssl.yaml", "train_on": "target"}))
+    check_pretrain_data(study, tmp_path / "out")
+    bad = load_plan(write_study(tmp_path, coco_data, {"config": "ssl.yaml", "train_on": str(tmp_path / "nowhere")}))
+    with pytest.raises(UserError, match="nowhere not found"):
+        check_pretrain_data(bad, tmp_path / "out")

@@ -251,9 +251,14 @@ def run_pretrain_steps(study: StudyPlan, study_dir: Path, overrides=(), progress
             continue
         if progress:
             print(f"[study] pre-training {name} ({study.pretrain[name]})", flush=True)
-        # the step's own overrides (train_on, set) after the command's: a step that says what it trains on wins
-        steps = [*overrides, *study.pretrain_set.get(name, ())]
-        pretrain(load_pretrain_config(study.pretrain[name], steps), out, progress=progress)
+        pretrain(load_pretrain_config(study.pretrain[name], step_overrides(study, name, overrides)), out,
+                 progress=progress)
+
+
+def step_overrides(study: StudyPlan, name: str, overrides=()) -> list:
+    """A pre-training step's overrides: the command's, then the step's own (train_on, set), so a step that says
+    what it trains on wins."""
+    return [*overrides, *study.pretrain_set.get(name, ())]
 
 
 def check_init_files(study: StudyPlan) -> None:
@@ -309,7 +314,7 @@ def check_pretrain_data(study: StudyPlan, out: Path, overrides=()) -> None:
         if (out / "pretrain" / name / "pretrain.json").exists():
             continue
         try:
-            cfg = load_pretrain_config(study.pretrain[name], overrides)
+            cfg = load_pretrain_config(study.pretrain[name], step_overrides(study, name, overrides))
         except UserError as e:
             raise UserError(f"{study.path}: pretrain.{name}: {e}") from None
         source = Path(cfg.data.train)
