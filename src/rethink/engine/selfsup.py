@@ -237,6 +237,8 @@ def pretrain_selfsup(cfg: PretrainConfig, out: Path, config_dict: dict, progress
                      stop_after: int | None = None) -> dict:
     """Pre-train (or resume) without labels in `out`; returns pretrain.json's content. Called by
     engine.pretrain.pretrain, which has already returned a finished run's record."""
+    from lightly.models.utils import deactivate_requires_grad
+
     run_start = time.perf_counter()
     device = setup_device(cfg.device, cfg.model.norm, cfg.threads, cfg.deterministic)
     d, s, m = cfg.data, cfg.solver, cfg.model
@@ -261,8 +263,7 @@ def pretrain_selfsup(cfg: PretrainConfig, out: Path, config_dict: dict, progress
     bb.init_random(backbone)
     query = Encoder(backbone, channels[-1], cfg).to(device)
     key = copy.deepcopy(query)
-    for p in key.parameters():  # lightly's deactivate_requires_grad: the key encoder only follows the query's
-        p.requires_grad = False
+    deactivate_requires_grad(key)  # the key encoder only follows the query encoder's moving average
     optimizer = torch.optim.SGD(param_groups(query, s.weight_decay, s.weight_decay_norm), lr=0.0, momentum=s.momentum)
     base_lr = sched.scaled_lr(s.base_lr, s.batch_size, REFERENCE_BATCH)
     start_iter, state, _ = open_run(out)
