@@ -124,7 +124,10 @@ def _metrics_lines(init, images, schedule, seed, inits, mask, stop_at, shape):
             break
         lines.append(train_row(t, init=init, images=images, drops=drops, mask=mask, inits=inits))
         if t % EVAL_EVERY == 0 or t == total:
-            ap = ap_at(t, init=init, images=images, drops=drops, seed=seed, inits=inits, shape=shape)
+            if shape["ap_fn"] is not None:
+                ap = shape["ap_fn"](t, init=init, images=images, drops=drops, seed=seed)
+            else:
+                ap = ap_at(t, init=init, images=images, drops=drops, seed=seed, inits=inits, shape=shape)
             lines.append(eval_row(t, ap, init, images, mask, shape))
     return lines
 
@@ -138,7 +141,8 @@ def make_study(root, *, name: str = "fixture", inits=("random", "pretrain"), sch
                states: dict | None = None, margin_ap: float | None = 1.0, pretrain_records=("pretrain",),
                mask: bool = False, random_ap75_bonus: float = 0.8, pretrained_ap50_bonus: float = 0.0,
                pretrained_ap75_bonus: float = 0.0, pretrained_decay: dict | None = None,
-               random_plateau_scale: float = 1.0, noise_ap: float = 0.1, init_cost: dict | None = None) -> Path:
+               random_plateau_scale: float = 1.0, noise_ap: float = 0.1, init_cost: dict | None = None,
+               ap_fn=None) -> Path:
     """Write a study directory under `root` and return its path.
 
     states: run name -> "failed" | "running" | "pending" to leave some runs unfinished (a failed run
@@ -150,10 +154,12 @@ def make_study(root, *, name: str = "fixture", inits=("random", "pretrain"), sch
     pretrained_decay: {images: AP lost per 1,000 iterations from iteration 300 on} for the pretrained arms
     (an arm that peaks early and degrades with longer training); random_plateau_scale scales random's plateau;
     noise_ap: the amplitude of the per-seed noise; init_cost: written as study.json's init_cost.
+    ap_fn: a planted curve in place of the formula above, ap_fn(t, init=, images=, drops=, seed=) -> box AP at
+    evaluation iteration t (drops: the run's LR drops); AP50/AP75 follow from it as above.
     """
     shape = {"random_ap75_bonus": random_ap75_bonus, "pretrained_ap50_bonus": pretrained_ap50_bonus,
              "pretrained_ap75_bonus": pretrained_ap75_bonus, "pretrained_decay": dict(pretrained_decay or {}),
-             "random_plateau_scale": random_plateau_scale, "noise_ap": noise_ap}
+             "random_plateau_scale": random_plateau_scale, "noise_ap": noise_ap, "ap_fn": ap_fn}
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     states = dict(states or {})

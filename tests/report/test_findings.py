@@ -67,27 +67,37 @@ def test_converges_faster_reads_the_early_curve(default_study):
     assert f["iters_to_90_ratio"] > 3  # fixture: pretrained tau 150 iterations, random 600
 
 
-def test_converges_faster_iterations_to_reach_pretrained(default_study):
-    """Random init's iterations to reach the AP pretrained has at its first evaluation of the longest curve."""
+def test_converges_faster_speedup_from_the_run_files(default_study):
+    """The speed-up recomputed from the metrics files: per seed, the median over AP levels (10-90% of pretrained's
+    best before the 4x run's first LR drop) of random's iterations over pretrained's, linearly interpolated."""
     path, summary = default_study
     f = summary["findings"]["converges_faster"]
-    long, size = f["curve_schedule"], f["train_size"]
-    firsts, reached = [], []
+    medians = []
     for seed in (0, 1, 2):
-        pre = [r for r in read_jsonl(path / "runs" / run_name("pretrain", long, size, seed) / "metrics.jsonl")
-               if r["type"] == "eval"]
-        firsts.append((pre[0]["iter"], pre[0]["bbox/AP"]))
-    target = sum(ap for _, ap in firsts) / 3
-    for seed in (0, 1, 2):
-        rand = [r for r in read_jsonl(path / "runs" / run_name("random", long, size, seed) / "metrics.jsonl")
-                if r["type"] == "eval"]
-        reached.append(next(r["iter"] for r in rand if r["bbox/AP"] >= target))
-    assert f["first_eval_iter_pretrained"] == pytest.approx(sum(i for i, _ in firsts) / 3)
-    assert f["first_eval_ap_pretrained"] == pytest.approx(target)
-    assert f["iters_random_to_reach_it"] == pytest.approx(sum(reached) / 3)
-    assert f["iters_random_to_reach_it"] > 2 * f["first_eval_iter_pretrained"]  # fixture: random 4x slower
+        curves = {}
+        for init in ("pretrain", "random"):
+            rows = read_jsonl(path / "runs" / run_name(init, "4x", "full", seed) / "metrics.jsonl")
+            curves[init] = [(r["iter"], r["bbox/AP"]) for r in rows if r["type"] == "eval" and r["iter"] <= 3000]
+        best = max(ap for _, ap in curves["pretrain"])
+
+        def reach(curve, level):
+            prev = (0, 0.0)
+            for t, ap in curve:
+                if ap >= level:
+                    return prev[0] + (level - prev[1]) / (ap - prev[1]) * (t - prev[0])
+                prev = (t, ap)
+
+        ratios = sorted(reach(curves["random"], k / 10 * best) / reach(curves["pretrain"], k / 10 * best)
+                        for k in range(1, 10))
+        medians.append(ratios[4])
+    expected = math.exp(sum(math.log(m) for m in medians) / 3)
+    assert f["speedup"]["mean"] == pytest.approx(expected)
+    assert [p["median"] for p in f["speedup"]["per_seed"]] == pytest.approx(medians)
+    assert 3.5 < f["speedup"]["ci_low"] < f["speedup"]["ci_high"] < 4.2  # fixture: tau 150 (pretrained), 600 (random)
+    assert f["speedup"]["lower_bound"] is False and f["speedup_margin"] == 1.25
     text = words.finding_text("converges_faster", f, "pretrain")
-    assert f"random init needs {f['iters_random_to_reach_it']:,.0f} iterations to reach" in text
+    assert text.startswith("Pre-training (pretrain) speeds up convergence: pretrain reaches each AP level from")
+    assert f"{f['speedup']['mean']:.1f}x, 95% CI [{f['speedup']['ci_low']:.1f}x, {f['speedup']['ci_high']:.1f}x]" in text
 
 
 def test_small_data_numbers(default_study):

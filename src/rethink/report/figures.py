@@ -328,6 +328,13 @@ def figure_ap_vs_size(study, cells, summary, out_dir: Path):
         # breakdown: between the largest size where random is behind and the smallest where it is within
         verdict = next((v for v in summary["verdicts"]
                         if json.dumps(v["other"], sort_keys=True) == other_key), None)
+        # worth in images: from pretrained's best at n across to the size random init needs for the same AP
+        for row in ((verdict or {}).get("worth_in_images") or {}).get("by_size", []):
+            if row["bound"] is None and row["ap_pretrained_best"] is not None:
+                y = row["ap_pretrained_best"]
+                ax.annotate("", xy=(row["images_needed"], y), xytext=(row["train_images"], y),
+                            arrowprops={"arrowstyle": "->", "color": "0.35", "lw": 0.9, "ls": ":"})
+                marked.add("worth")
         small = verdict["findings"]["small_data_hurts_random"] if verdict else {}
         behind, within = small.get("largest_images_behind"), small.get("smallest_images_within_margin")
         if behind and within:
@@ -345,6 +352,8 @@ def figure_ap_vs_size(study, cells, summary, out_dir: Path):
         handles.append(Patch(color="0.85", label="breakdown region"))
     if "line" in marked:
         handles.append(Line2D([], [], color="0.5", ls="--", lw=1, label="random behind up to here"))
+    if "worth" in marked:
+        handles.append(Line2D([], [], color="0.35", ls=":", lw=0.9, label="images random init needs"))
     fig.legend(handles=handles, loc="outside upper center", ncols=len(handles), frameon=False)
     png, svg = _save(fig, out_dir, "ap_vs_train_size")
     reference = f" against {study.sources[0]}" if study.sources else ""
@@ -353,8 +362,47 @@ def figure_ap_vs_size(study, cells, summary, out_dir: Path):
                f"breakdown band lies between the largest size where random init is behind{reference} by more "
                f"than the margin ({study.margin_ap:.1f} AP, significantly when there are several seeds) and the "
                "smallest size from which it stays within the margin; where it is never shown within the margin, "
-               "a dashed line marks the largest size where it is behind.")
+               "a dashed line marks the largest size where it is behind. Dotted arrows run from the pretrained "
+               "arm's best AP at a size to the number of images at which random init's curve (interpolated in log "
+               "size) reaches it: what pre-training is worth in labelled images.")
     return {"name": "ap_vs_train_size", "title": "Best AP vs training-set size", "caption": caption,
+            "png": png, "svg": svg, "width_in": float(fig.get_figwidth())}, None
+
+
+def figure_speedup(study, summary: dict, out_dir: Path):
+    """Iterations each arm needs to reach each AP level before the first LR drop (converges_faster's speed-up)."""
+    rows = [(v["source"], v["findings"]["converges_faster"]) for v in summary["verdicts"]
+            if not v["other"] and v["findings"]["converges_faster"].get("speedup")]
+    if not rows:
+        return None, "no speed-up: converges_faster has no curves of both arms"
+    sources = study.sources
+    fig, axes = _panel_grid([("", s) for s, _ in rows], 4.6, 3.2, max_cols=2)
+    for ax, (source, f) in zip(axes, rows):
+        levels = f["speedup"]["levels"]
+        aps = [lv["ap"] for lv in levels]
+        ax.plot(aps, [lv["iters_pretrained"] for lv in levels], color=init_color(source, sources), marker="o",
+                ms=3.5, lw=1.5, label=init_label(source))
+        reached = [lv for lv in levels if not lv["lower_bound"]]
+        ax.plot([lv["ap"] for lv in reached], [lv["iters_random"] for lv in reached], color=RANDOM_COLOR,
+                marker="o", ms=3.5, lw=1.5, label=init_label(RANDOM))
+        bounds = [lv for lv in levels if lv["lower_bound"]]
+        if bounds:
+            ax.plot([lv["ap"] for lv in bounds], [lv["ratio"] * lv["iters_pretrained"] for lv in bounds], ls="none",
+                    marker="^", ms=5, mfc="none", color=RANDOM_COLOR, label="random: not reached (at least)")
+        ax.axhline(f["early_until_iter"], color=DROP_COLOR, ls=":", lw=1, label="first LR drop")
+        ax.set_xlabel(f"AP level ({AP_LABEL})")
+        ax.set_ylabel("iterations to reach it")
+        ax.yaxis.set_major_formatter(EngFormatter(sep=""))
+        ax.set_title(f"{words.fmt_ratio(f['speedup']['mean'])} sooner (median over levels), "
+                     f"{words.size_label(f['train_size'], f['train_images'])}, {f['curve_schedule']}")
+        ax.legend(loc="best", frameon=False)
+    png, svg = _save(fig, out_dir, "speedup")
+    caption = ("Iterations each arm needs to first reach each AP level (10-90% of the pretrained arm's best before "
+               "the longest schedule's first LR drop, dotted line), on the largest training set, mean over seeds; "
+               "the speed-up of converges_faster is the median over the levels of the ratio random over pretrained. "
+               "Open triangles: levels random init did not reach before the drop (its last evaluation, a lower "
+               "bound).")
+    return {"name": "speedup", "title": "Time to accuracy", "caption": caption,
             "png": png, "svg": svg, "width_in": float(fig.get_figwidth())}, None
 
 
@@ -517,6 +565,7 @@ def write_figures(study, summary: dict, out_dir) -> tuple:
     with matplotlib.rc_context(STYLE):
         for name, draw in (
             ("ap_vs_iterations", lambda: figure_ap_vs_iterations(study, out_dir)),
+            ("speedup", lambda: figure_speedup(study, summary, out_dir)),
             ("ap_vs_schedule", lambda: figure_ap_vs_schedule(study, cells, out_dir)),
             ("ap_vs_train_size", lambda: figure_ap_vs_size(study, cells, summary, out_dir)),
             ("compute", lambda: figure_compute(study, cells, out_dir)),

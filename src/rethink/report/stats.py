@@ -39,6 +39,12 @@ HOLDS = "holds"
 DOES_NOT_HOLD = "does_not_hold"
 NOT_ENOUGH = "not_enough_evidence"
 MAX_SEEDS_PROJECTED = 20  # seeds_to_settle looks no further: past that a study needs another design, not more seeds
+# converges_faster's margin, a ratio of iterations: 1.25 is the smallest step between neighbouring schedules of the
+# paper's grid (5x over 4x), so a smaller speed-up would not change which schedule a user trains.
+SPEEDUP_MARGIN = 1.25
+# The AP levels of the speed-up, as fractions of pretrained's best AP before its first LR drop: the top 10% is left
+# out because near a plateau an evaluation's noise, not the speed of learning, decides which point crosses first.
+SPEEDUP_LEVELS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 
 
 
@@ -115,6 +121,85 @@ def iters_to_reach(iters, values, target: float):
         if v >= target:
             return i
     return None
+
+
+def iters_to_level(points, level: float):
+    """The iteration at which a curve first reaches `level`, interpolated linearly between its evaluations.
+
+    `points` are (iteration, AP) pairs; the curve starts at (0, 0), as a detector with new heads has no AP yet.
+    None when the curve never reaches the level.
+    """
+    prev_t, prev_v = 0.0, 0.0
+    for t, v in sorted((float(t), float(v)) for t, v in points if _is_number(v)):
+        if v >= level:
+            if prev_v >= level or v == prev_v:
+                return t
+            return prev_t + (level - prev_v) / (v - prev_v) * (t - prev_t)
+        prev_t, prev_v = t, v
+    return None
+
+
+def speedup_at_levels(pre_points, rand_points, levels=SPEEDUP_LEVELS) -> dict:
+    """How many times as many iterations random init needs as pretrained to reach each AP level of one seed.
+
+    The levels are fractions of pretrained's best AP on `pre_points` (both curves cut at the same iteration, the
+    first LR drop). A level random init never reaches within its points gives a lower bound: its last evaluated
+    iteration over pretrained's. The median over the levels is the seed's speed-up; it is a lower bound when a
+    bound sits at or below it (raising a bound could raise the median), otherwise exact.
+    None when pretrained's curve has no positive AP.
+    """
+    pre = [(t, v) for t, v in pre_points if _is_number(v)]
+    rand = [(t, v) for t, v in rand_points if _is_number(v)]
+    if not pre or not rand or max(v for _, v in pre) <= 0:
+        return None
+    best, rand_end = max(v for _, v in pre), max(t for t, _ in rand)
+    rows = []
+    for fraction in levels:
+        level = fraction * best
+        t_pre, t_rand = iters_to_level(pre, level), iters_to_level(rand, level)
+        reached = t_rand is not None
+        rows.append({"fraction": fraction, "ap": level, "iters_pretrained": t_pre,
+                     "iters_random": t_rand if reached else None,
+                     "ratio": (t_rand if reached else rand_end) / t_pre, "lower_bound": not reached})
+    ordered = sorted(rows, key=lambda r: r["ratio"])
+    median = ordered[len(ordered) // 2]["ratio"] if len(ordered) % 2 else \
+        (ordered[len(ordered) // 2 - 1]["ratio"] + ordered[len(ordered) // 2]["ratio"]) / 2
+    return {"median": median, "lower_bound": any(r["lower_bound"] and r["ratio"] <= median for r in rows),
+            "levels": rows}
+
+
+def images_needed(images: list, best_aps: list, target: float) -> tuple:
+    """How many training images random init needs to reach `target` AP: (n_hat, bound).
+
+    `images` are the training-set sizes tried (increasing) and `best_aps` random init's best AP at each. More data
+    never hurts a model at its best, so the curve is made monotone (running maximum) and interpolated linearly in
+    log size. bound is None where n_hat lies inside the sizes tried, "at_least" past the largest (n_hat is then the
+    largest size) and "at_most" below the smallest (n_hat is then the smallest size).
+    """
+    running, curve = -math.inf, []
+    for n, ap in zip(images, best_aps):
+        running = max(running, ap)
+        curve.append((n, running))
+    if target > curve[-1][1]:
+        return curve[-1][0], "at_least"
+    if target <= curve[0][1]:
+        return curve[0][0], ("at_most" if target < curve[0][1] else None)
+    for (n0, a0), (n1, a1) in zip(curve, curve[1:]):
+        if a1 >= target:
+            share = (target - a0) / (a1 - a0)
+            return math.exp(math.log(n0) + share * (math.log(n1) - math.log(n0))), None
+    return curve[-1][0], "at_least"  # unreachable: target <= the last running maximum
+
+
+def ratio_interval(ratios: list, confidence: float = CONFIDENCE) -> dict:
+    """The geometric mean of per-seed ratios with a t interval computed on their logarithms (a ratio's spread is
+    multiplicative). Same keys as paired_difference, on the ratio scale; `log` holds the interval on the log scale,
+    which the status rules test against the log of a ratio margin."""
+    log = paired_difference([math.log(r) for r in ratios if _is_number(r) and r > 0],
+                            [0.0] * sum(1 for r in ratios if _is_number(r) and r > 0), confidence)
+    scale = (lambda x: None if x is None else math.exp(x))
+    return {"mean": scale(log["mean"]), "ci_low": scale(log["ci_low"]), "ci_high": scale(log["ci_high"]),
+            "n": log["n"], "confidence": confidence, "log": log}
 
 
 def ahead_status(diff: dict, margin: float) -> str:
@@ -585,14 +670,15 @@ def _eval_ap(run: RunRecord) -> dict:
 
 
 def finding_converges_faster(grid: _Grid, margin: float) -> dict:
-    """Pretrained ahead (rule "ahead") early in training, at the largest training set.
+    """Pretrained reaches each accuracy with fewer iterations than random init, at the largest training set.
 
-    The early points are the evaluations that every run of both arms at the longest schedule has at or
-    before that schedule's first LR drop (all schedules of 2x and longer share that part of the curve),
-    plus the shortest schedule's final AP where the study has several schedules. Per seed, the lead is
-    the mean over those points of pretrained minus random; the status tests it against the margin.
-    Supporting numbers: the iterations random init needs to reach the AP pretrained has at its first
-    evaluation, and to reach 90% of each curve's own best.
+    The status is on the speed-up (`speedup_at_levels`): per seed, on the longest schedule's curves up to its first
+    LR drop (the part all schedules of 2x and longer share), the median over AP levels of the iterations random init
+    needs over those pretrained needs; over seeds their geometric mean with a t interval on the log ratios, tested
+    with the "ahead" rule against SPEEDUP_MARGIN (1.25x). A lower bound below the margin cannot rule a speed-up out,
+    so it gives not_enough_evidence rather than does_not_hold.
+    Beside it, not deciding: the shortest schedule's final AP (the paper's own evidence, a model one could ship), the
+    mean lead over the early curve, and each arm's iterations to 90% of its own best.
     """
     src = grid.source
     if not grid.common:
@@ -624,35 +710,55 @@ def finding_converges_faster(grid: _Grid, margin: float) -> dict:
                 points_rand[s].append(_final_ap(rand_short[s]))
     kept = [s for s in seeds if points_pre[s] and None not in points_pre[s] + points_rand[s]]
     lead = _paired([mean_std(points_pre[s])["mean"] for s in kept], [mean_std(points_rand[s])["mean"] for s in kept])
-    status = ahead_status(lead, margin)
+
+    speedup = _speedup(seeds, pre_curves, rand_curves, first_drop)
+    if speedup is None:
+        return _not_enough(f"no AP above 0 on {src}'s {long} curve before its first LR drop",
+                           train_size=size, lead=lead, shortest_final=short_diff)
+    status = ahead_status(speedup["log"], math.log(SPEEDUP_MARGIN))
+    if status == DOES_NOT_HOLD and speedup["lower_bound"]:
+        status = NOT_ENOUGH  # random init never reached some levels: its speed-up is only known from below
 
     return {
-        "status": status, "n": lead["n"], "train_size": size, "train_images": grid.train_images(size),
+        "status": status, "n": speedup["n"], "train_size": size, "train_images": grid.train_images(size),
+        "speedup": speedup, "speedup_margin": SPEEDUP_MARGIN,
         "lead": lead, "early_until_iter": first_drop, "early_points": len(early) + (short_diff is not None),
         "early_curve": early_curve, "curve_schedule": long, "schedule_shortest": short,
-        "shortest_final": short_diff, "margin_ap": margin, **_iters_behind(pre_runs, rand_runs, pre_curves),
+        "shortest_final": short_diff, "margin_ap": margin, **_iters_to_90(pre_runs, rand_runs),
     }
 
 
-def _iters_behind(pre_runs: list, rand_runs: list, pre_curves: list) -> dict:
-    """How far behind random init runs: the iterations it needs to reach the AP pretrained has at its first
-    evaluation of the longest schedule (a ratio that a late LR drop, lifting both curves at once, cannot hide),
-    and each arm's iterations to 90% of its own best."""
-    firsts = [min(c.items()) if c else None for c in pre_curves]
-    reach_iter = reach_ap = reach_rand = None
-    if firsts and None not in firsts:
-        reach_iter = mean_std([p[0] for p in firsts])["mean"]
-        reach_ap = mean_std([p[1] for p in firsts])["mean"]
-        reached = [iters_to_reach(*r.eval_curve(PRIMARY), reach_ap) for r in rand_runs]
-        reach_rand = mean_std(reached)["mean"] if None not in reached else None
+def _speedup(seeds: list, pre_curves: list, rand_curves: list, until_iter) -> dict | None:
+    """speedup_at_levels per seed on the curves up to `until_iter`, and their geometric mean with its interval."""
+    def cut(curve):
+        return [(i, ap) for i, ap in curve.items() if i > 0 and (until_iter is None or i <= until_iter)]
+
+    per_seed = []
+    for seed, pre, rand in zip(seeds, pre_curves, rand_curves):
+        result = speedup_at_levels(cut(pre), cut(rand))
+        if result is not None:
+            per_seed.append({"seed": seed, **result})
+    if not per_seed:
+        return None
+    summary = ratio_interval([p["median"] for p in per_seed])
+    levels = []
+    for k, fraction in enumerate(SPEEDUP_LEVELS):
+        rows = [p["levels"][k] for p in per_seed]
+        bound = any(r["lower_bound"] for r in rows)
+        levels.append({"fraction": fraction, "ap": mean_std([r["ap"] for r in rows])["mean"],
+                       "iters_pretrained": mean_std([r["iters_pretrained"] for r in rows])["mean"],
+                       "iters_random": None if bound else mean_std([r["iters_random"] for r in rows])["mean"],
+                       "ratio": ratio_interval([r["ratio"] for r in rows])["mean"], "lower_bound": bound})
+    return {**summary, "lower_bound": any(p["lower_bound"] for p in per_seed), "per_seed": per_seed,
+            "levels": levels, "ap_low": levels[0]["ap"], "ap_high": levels[-1]["ap"]}
+
+
+def _iters_to_90(pre_runs: list, rand_runs: list) -> dict:
+    """Each arm's iterations to 90% of its own best AP on the longest schedule (means over seeds)."""
     it_pre = mean_std([run_iters_to_90(r) for r in pre_runs])["mean"]
     it_rand = mean_std([run_iters_to_90(r) for r in rand_runs])["mean"]
-    return {
-        "first_eval_iter_pretrained": reach_iter, "first_eval_ap_pretrained": reach_ap,
-        "iters_random_to_reach_it": reach_rand,
-        "iters_to_90_pretrained": it_pre, "iters_to_90_random": it_rand,
-        "iters_to_90_ratio": it_rand / it_pre if it_pre and it_rand is not None else None,
-    }
+    return {"iters_to_90_pretrained": it_pre, "iters_to_90_random": it_rand,
+            "iters_to_90_ratio": it_rand / it_pre if it_pre and it_rand is not None else None}
 
 
 def finding_catches_up(grid: _Grid, margin: float) -> dict:
@@ -772,6 +878,43 @@ def finding_small_data(grid: _Grid, margin: float) -> dict:
     }
 
 
+def worth_in_images(grid: _Grid) -> dict | None:
+    """What pre-training is worth in labelled images at each training-set size n (Newell & Deng 2020's n_hat,
+    Hernandez et al. 2021's effective data): per seed, the images random init would need to match pretrained's best
+    AP at n, read off random's best-AP-by-size curve (`images_needed`); the multiplier n_hat / n over seeds as a
+    geometric mean with a t interval on its logarithm. None with fewer than two sizes.
+    """
+    sizes = grid.sizes()
+    if len(sizes) < 2:
+        return None
+    seeds = sorted(set.intersection(*(set(grid.common[(s, size)]) for size in sizes for s in grid.schedules(size))))
+    images = [grid.train_images(size) for size in sizes]
+    if not seeds or None in images:
+        return None
+    random_best = {size: _best_over_schedules(grid, RANDOM, size, seeds) for size in sizes}
+    pre_best = {size: _best_over_schedules(grid, grid.source, size, seeds) for size in sizes}
+    by_size = []
+    for size, n in zip(sizes, images):
+        per_seed = []
+        for k, seed in enumerate(seeds):
+            curve = [random_best[sz][k] for sz in sizes]
+            if pre_best[size][k] is None or None in curve:
+                continue
+            n_hat, bound = images_needed(images, curve, pre_best[size][k])
+            per_seed.append({"seed": seed, "images_needed": n_hat, "multiplier": n_hat / n, "bound": bound})
+        if not per_seed:
+            continue
+        bounds = {p["bound"] for p in per_seed} - {None}
+        multiplier = ratio_interval([p["multiplier"] for p in per_seed])
+        by_size.append({
+            "train_size": size, "train_images": n, "images_needed": n * multiplier["mean"],
+            "multiplier": multiplier, "bound": bounds.pop() if len(bounds) == 1 else ("mixed" if bounds else None),
+            "ap_pretrained_best": mean_std(pre_best[size])["mean"], "ap_random_best": mean_std(random_best[size])["mean"],
+            "per_seed": per_seed,
+        })
+    return {"source": grid.source, "sizes": images, "by_size": by_size, "n": len(seeds)}
+
+
 def finding_localization(grid: _Grid, margin: float) -> dict:
     """Pre-training does not give better localization: at the largest training set and the schedule where
     random init is closest on box AP (normally the longest), random's AP75 is at least pretrained's AP75
@@ -802,9 +945,12 @@ def finding_localization(grid: _Grid, margin: float) -> dict:
 FINDING_KEYS = ("converges_faster", "catches_up", "small_data_hurts_random", "localization")
 
 
-# The paired difference each finding's status is decided on
-DECIDING_DIFF = {"converges_faster": "lead", "catches_up": "gap", "small_data_hurts_random": "gap",
-                 "localization": "gap_ap75"}
+def deciding(key: str, finding: dict, margin: float) -> tuple:
+    """(the paired difference a finding's status is decided on, the margin it is tested against): AP differences
+    against the study's margin, converges_faster's log speed-up against the log of its ratio margin."""
+    if key == "converges_faster":
+        return (finding.get("speedup") or {}).get("log"), math.log(SPEEDUP_MARGIN)
+    return finding.get({"catches_up": "gap", "small_data_hurts_random": "gap", "localization": "gap_ap75"}[key]), margin
 
 
 def findings_for(grid: _Grid, margin: float) -> dict:
@@ -815,10 +961,10 @@ def findings_for(grid: _Grid, margin: float) -> dict:
         "localization": finding_localization(grid, margin),
     }
     for key, finding in findings.items():
-        diff = finding.get(DECIDING_DIFF[key])
+        diff, against = deciding(key, finding, margin)
         finding["seeds_to_settle"] = None
         if finding["status"] == NOT_ENOUGH and diff is not None and diff["n"] >= 2:
-            finding["seeds_to_settle"] = seeds_to_settle(diff, margin)
+            finding["seeds_to_settle"] = seeds_to_settle(diff, against)
             finding["seeds_projected_max"] = MAX_SEEDS_PROJECTED
     return findings
 
@@ -941,11 +1087,12 @@ def summarize(study: StudyResults) -> dict:
             grid = _Grid(study.runs, source, other_key, cells)
             findings = findings_for(grid, study.margin_ap)
             verdicts.append({"source": source, "other": json.loads(other_key), "findings": findings,
-                             "compute": compute_comparison(grid, findings["catches_up"], costs[source])})
+                             "compute": compute_comparison(grid, findings["catches_up"], costs[source]),
+                             "worth_in_images": worth_in_images(grid)})
     if sources:
-        top, compute = verdicts[0]["findings"], verdicts[0]["compute"]
+        top, compute, worth = verdicts[0]["findings"], verdicts[0]["compute"], verdicts[0]["worth_in_images"]
     else:
-        top, compute = _no_source_findings("the study has no pretrained init to compare with random"), None
+        top, compute, worth = _no_source_findings("the study has no pretrained init to compare with random"), None, None
     by_source = {v["source"]: v["findings"] for v in reversed(verdicts)}  # first other group wins
     by_source = {s: by_source[s] for s in sources}
 
@@ -966,6 +1113,7 @@ def summarize(study: StudyResults) -> dict:
         "questions": questions(sources[0] if sources else None, top, compute, by_source, study.margin_ap),
         "findings": top,
         "compute": compute,
+        "worth_in_images": worth,
         "pretraining_cost": costs,
         "findings_by_source": by_source,
         "verdicts": verdicts,

@@ -85,32 +85,41 @@ def _against_margin(status: str, margin: float) -> str:
             NOT_ENOUGH: f"an interval that straddles the {margin:.1f} AP margin"}[status]
 
 
+def fmt_ratio_ci(r: dict) -> str:
+    """'2.9x, 95% CI [2.1x, 3.8x], n=3', or '2.9x, n=1' where no interval exists."""
+    if r["ci_low"] is None:
+        return f"{fmt_ratio(r['mean'])}, n={r['n']}"
+    pct = int(round(r["confidence"] * 100))
+    return f"{fmt_ratio(r['mean'])}, {pct}% CI [{fmt_ratio(r['ci_low'])}, {fmt_ratio(r['ci_high'])}], n={r['n']}"
+
+
+def speedup_phrase(f: dict, source: str) -> str:
+    """'source reaches each AP level from 4.5 to 40.5 (10-90% of its best before the first LR drop) 2.9x sooner
+    (median over the levels, 95% CI ...)', with 'at least' where random init never reached some levels."""
+    sp = f["speedup"]
+    bound = "at least " if sp["lower_bound"] else ""
+    return (f"{source} reaches each AP level from {fmt_ap(sp['ap_low'])} to {fmt_ap(sp['ap_high'])} (10-90% of its best "
+            f"before the {f['curve_schedule']} schedule's first LR drop at iteration {fmt_int(f['early_until_iter'])}) "
+            f"{bound}{fmt_ratio_ci(sp)} sooner than random init (the median over the levels)")
+
+
 def converges_faster_text(f: dict, source: str) -> str:
-    m, lead = f["margin_ap"], f["lead"]
-    what = (f"over the early part of training ({f['early_points']} matched points up to iteration "
-            f"{fmt_int(f['early_until_iter'])}, the longest schedule's first LR drop"
-            + (f", with the {f['schedule_shortest']} schedule's final AP" if f["shortest_final"] else "") + ")")
-    text = {HOLDS: f"Pre-training ({source}) speeds up convergence: {what} it leads random init by {_vs(lead)}, ",
-            DOES_NOT_HOLD: f"Pre-training ({source}) is not ahead early in training: {what} its lead is {_vs(lead)}, ",
-            NOT_ENOUGH: f"Pre-training ({source}) leads {what} by {_vs(lead)}, "}[f["status"]]
-    text += _against_margin(f["status"], m) + "."
-    if f["early_curve"]:
-        last = f["early_curve"][-1]
-        text += (f" At iteration {fmt_int(last['iter'])}: {fmt_ap(last['ap_pretrained'])} against "
-                 f"{fmt_ap(last['ap_random'])} AP.")
+    margin = fmt_ratio(f["speedup_margin"])
+    against = {HOLDS: f"more than the {margin} margin", DOES_NOT_HOLD: f"within the {margin} margin",
+               NOT_ENOUGH: f"an interval that straddles the {margin} margin"}[f["status"]]
+    lead = {HOLDS: f"Pre-training ({source}) speeds up convergence: ",
+            DOES_NOT_HOLD: f"Pre-training ({source}) does not speed up convergence here: ",
+            NOT_ENOUGH: f"Pre-training ({source}) may speed up convergence: "}[f["status"]]
+    text = lead + speedup_phrase(f, source) + f", {against}."
+    if f["speedup"]["lower_bound"]:
+        text += " Random init never reached some of the levels before the drop, so the speed-up is known only from below."
     short = f["shortest_final"]
     if short:
         text += (f" At the end of the shortest schedule ({f['schedule_shortest']}): {fmt_ap(short['a_mean'])} "
-                 f"against {fmt_ap(short['b_mean'])} AP.")
-    if f["first_eval_ap_pretrained"] is not None:
-        what = (f"the {fmt_ap(f['first_eval_ap_pretrained'])} AP that {source} has at iteration "
-                f"{fmt_int(f['first_eval_iter_pretrained'])}")
-        if f["iters_random_to_reach_it"] is not None:
-            ratio = f["iters_random_to_reach_it"] / f["first_eval_iter_pretrained"]
-            text += (f" On the {f['curve_schedule']} curve random init needs {fmt_int(f['iters_random_to_reach_it'])} "
-                     f"iterations to reach {what} ({fmt_ratio(ratio)} as many).")
-        else:
-            text += f" On the {f['curve_schedule']} curve random init never reaches {what}."
+                 f"against {fmt_ap(short['b_mean'])} AP ({_vs(short)}).")
+    lead_diff = f["lead"]
+    text += (f" Over the early curve ({f['early_points']} matched points up to iteration "
+             f"{fmt_int(f['early_until_iter'])}) {source} leads by {_vs(lead_diff)} on average.")
     if f["iters_to_90_ratio"] is not None:
         text += (f" Each reaches 90% of its own best AP after {fmt_int(f['iters_to_90_pretrained'])} ({source}) and "
                  f"{fmt_int(f['iters_to_90_random'])} (random) iterations.")
@@ -276,14 +285,15 @@ def question_answers(summary: dict) -> list:
     out.append(("necessary", text))
 
     if q["helpful"]["answer"] == "yes":
-        text = f"Yes, for speed: early in training {source} leads by {fmt_signed(fast['lead']['mean'])} AP."
-        if fast.get("iters_random_to_reach_it") is not None:
-            text += (f" Random init needs {fmt_int(fast['iters_random_to_reach_it'])} iterations to reach the AP "
-                     f"{source} has after {fmt_int(fast['first_eval_iter_pretrained'])}.")
+        text = f"Yes, for speed: {speedup_phrase(fast, source)}."
+        if fast["shortest_final"]:
+            short = fast["shortest_final"]
+            text += (f" At the shortest schedule ({fast['schedule_shortest']}) it ends {fmt_signed(short['mean'])} AP "
+                     f"ahead ({fmt_ap(short['a_mean'])} against {fmt_ap(short['b_mean'])}).")
     elif q["helpful"]["answer"] == "no":
-        text = f"Not for speed: early in training {source} leads by only {fmt_signed(fast['lead']['mean'])} AP."
+        text = f"Not for speed: {speedup_phrase(fast, source)}, within the {fmt_ratio(fast['speedup_margin'])} margin."
     else:
-        text = _cannot_say_yet(fast, "the early lead's interval straddles the margin")
+        text = _cannot_say_yet(fast, "the speed-up's interval straddles its margin")
     out.append(("helpful", text + _compute_text(q["helpful"]["compute"], source)))
 
     if q["more_data"]["answer"] == "yes":
@@ -297,12 +307,37 @@ def question_answers(summary: dict) -> list:
         text = "No: random init is within the margin even with the smallest training set tried."
     else:
         text = _cannot_say_yet(small, "the smallest size's interval straddles the margin")
-    out.append(("more_data", text))
+    out.append(("more_data", text + worth_text(summary.get("worth_in_images"), source)))
 
     out.append(("how_long", _how_long_answer(q["how_long"], source, catch)))
     if "best_source" in q:
         out.append(("best_source", _best_source_answer(q["best_source"])))
     return [(key, QUESTION_TITLES[key], text) for key, text in out]
+
+
+def worth_phrase(row: dict) -> str:
+    """'100 images with pre-training are worth about 230 without (2.3x, 95% CI [1.8x, 2.9x], n=3)'."""
+    n, m = row["train_images"], row["multiplier"]
+    bound = {"at_least": "at least ", "at_most": "at most ", "mixed": "about "}.get(row["bound"], "about ")
+    text = (f"{fmt_int(n)} images with pre-training are worth {bound}{fmt_int(row['images_needed'])} without "
+            f"({fmt_ratio_ci(m)})")
+    if row["bound"] == "at_least":
+        text += ": random init's best at the largest size tried is below pre-training's best here"
+    elif row["bound"] == "at_most":
+        text += ": random init's best at the smallest size tried is above pre-training's best here"
+    elif row["bound"] == "mixed":
+        text += ": the seeds fall on both sides of the sizes tried, so this is a rough figure"
+    if m["mean"] < 1 and row["bound"] != "at_least":
+        text += "; below 1x, pre-training is behind random init here"
+    return text
+
+
+def worth_text(worth: dict | None, source: str) -> str:
+    """The data's worth at each training-set size, in labelled images random init would need."""
+    if not worth or not worth["by_size"]:
+        return ""
+    return (f" What {source} is worth in labelled images (random init's best AP by size, interpolated in log size): "
+            + "; ".join(worth_phrase(row) for row in worth["by_size"]) + ".")
 
 
 def adaptive_sentences(summary: dict) -> list[str]:
