@@ -63,8 +63,8 @@ def test_index_is_valid_html_with_every_figure_embedded(report):
     pngs = sorted((path / "report" / "figures").glob("*.png"))
     svgs = sorted((path / "report" / "figures").glob("*.svg"))
     assert [p.stem for p in pngs] == [s.stem for s in svgs]
-    assert {p.stem for p in pngs} == {"ap_vs_iterations", "ap_vs_schedule", "ap_vs_train_size", "compute",
-                                      "overfitting", "forecast"}
+    assert {p.stem for p in pngs} == {"ap_vs_iterations", "speedup", "ap_vs_schedule", "ap_vs_train_size",
+                                      "compute", "overfitting", "forecast"}
     data_uris = [u for u in page.urls if u.startswith("data:image/png;base64,")]
     assert len(data_uris) == len(pngs) == page.tags.count("img")
     embedded = {base64.b64decode(u.split(",", 1)[1]) for u in data_uris}
@@ -114,8 +114,8 @@ def test_summary_json_matches_final_json_files(report):
         assert cell["metrics"]["bbox/AP"]["std"] == pytest.approx(
             math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)), abs=1e-12)
     assert [f["png"] for f in summary["figures"]] == [
-        "figures/ap_vs_iterations.png", "figures/ap_vs_schedule.png", "figures/ap_vs_train_size.png",
-        "figures/compute.png", "figures/overfitting.png", "figures/forecast.png"]
+        "figures/ap_vs_iterations.png", "figures/speedup.png", "figures/ap_vs_schedule.png",
+        "figures/ap_vs_train_size.png", "figures/compute.png", "figures/overfitting.png", "figures/forecast.png"]
     # the forecast section: every schedule beyond the study's longest is forecast, none is observed
     forecast = summary["forecast"]
     assert {c["schedule"] for c in forecast["cells"] if c["observed_final_ap"] is None} == {"5x", "6x", "7x", "8x"}
@@ -192,4 +192,4 @@ def test_figures_of_an_earlier_report_that_are_no_longer_drawn_are_removed(tmp_p
     names = sorted(p.name for p in (path / "report" / "figures").iterdir())
     assert "ap_vs_train_size.png" not in names
     assert names == ["ap_vs_iterations.png", "ap_vs_iterations.svg", "compute.png", "compute.svg",
-                     "forecast.png", "forecast.svg", "overfitting.png", "overfitting.svg"]
+                     "forecast.png", "forecast.svg", "overfitting.png", "overfitting.svg", "speedup.png", "speedup.svg"]
