@@ -224,7 +224,7 @@ def test_worth_in_images_of_a_planted_size_sweep(tmp_path):
     # 16,000 images lie past the largest size tried (8,000): a lower bound, said so
     assert rows[8000]["bound"] == "at_least" and rows[8000]["images_needed"] == pytest.approx(8000)
     answers = {key: text for key, _, text in words.question_answers(summary)}
-    assert "500 images with pre-training are worth about 1,000 without (2.0x" in answers["more_data"]
+    assert "500 images with pre-training are worth about 1,000 without (2.0x; 95% CI [" in answers["more_data"]
     assert "8,000 images with pre-training are worth at least 8,000 without" in answers["more_data"]
 
 

@@ -86,25 +86,30 @@ def _against_margin(status: str, margin: float) -> str:
 
 
 def fmt_ratio_ci(r: dict) -> str:
-    """'2.9x, 95% CI [2.1x, 3.8x], n=3', or '2.9x, n=1' where no interval exists."""
+    """'95% CI [2.1x, 3.8x], n=3', or 'n=1' where no interval exists."""
     if r["ci_low"] is None:
-        return f"{fmt_ratio(r['mean'])}, n={r['n']}"
+        return f"n={r['n']}"
     pct = int(round(r["confidence"] * 100))
-    return f"{fmt_ratio(r['mean'])}, {pct}% CI [{fmt_ratio(r['ci_low'])}, {fmt_ratio(r['ci_high'])}], n={r['n']}"
+    return f"{pct}% CI [{fmt_ratio(r['ci_low'])}, {fmt_ratio(r['ci_high'])}], n={r['n']}"
+
+
+def fmt_margin_ratio(x) -> str:
+    return f"{x:g}x"
 
 
 def speedup_phrase(f: dict, source: str) -> str:
-    """'source reaches each AP level from 4.5 to 40.5 (10-90% of its best before the first LR drop) 2.9x sooner
-    (median over the levels, 95% CI ...)', with 'at least' where random init never reached some levels."""
+    """'source reaches each AP level from 4.5 to 40.5 AP (...) 2.9x sooner than random init (median over the
+    levels; 95% CI ...)', with 'at least' where random init never reached some levels."""
     sp = f["speedup"]
     bound = "at least " if sp["lower_bound"] else ""
-    return (f"{source} reaches each AP level from {fmt_ap(sp['ap_low'])} to {fmt_ap(sp['ap_high'])} (10-90% of its best "
-            f"before the {f['curve_schedule']} schedule's first LR drop at iteration {fmt_int(f['early_until_iter'])}) "
-            f"{bound}{fmt_ratio_ci(sp)} sooner than random init (the median over the levels)")
+    return (f"{source} reaches each AP level from {fmt_ap(sp['ap_low'])} to {fmt_ap(sp['ap_high'])} AP (10-90% of its "
+            f"best before the {f['curve_schedule']} schedule's first LR drop at iteration "
+            f"{fmt_int(f['early_until_iter'])}) {bound}{fmt_ratio(sp['mean'])} sooner than random init (median over "
+            f"the levels; {fmt_ratio_ci(sp)})")
 
 
 def converges_faster_text(f: dict, source: str) -> str:
-    margin = fmt_ratio(f["speedup_margin"])
+    margin = fmt_margin_ratio(f["speedup_margin"])
     against = {HOLDS: f"more than the {margin} margin", DOES_NOT_HOLD: f"within the {margin} margin",
                NOT_ENOUGH: f"an interval that straddles the {margin} margin"}[f["status"]]
     lead = {HOLDS: f"Pre-training ({source}) speeds up convergence: ",
@@ -291,7 +296,7 @@ def question_answers(summary: dict) -> list:
             text += (f" At the shortest schedule ({fast['schedule_shortest']}) it ends {fmt_signed(short['mean'])} AP "
                      f"ahead ({fmt_ap(short['a_mean'])} against {fmt_ap(short['b_mean'])}).")
     elif q["helpful"]["answer"] == "no":
-        text = f"Not for speed: {speedup_phrase(fast, source)}, within the {fmt_ratio(fast['speedup_margin'])} margin."
+        text = f"Not for speed: {speedup_phrase(fast, source)}, within the {fmt_margin_ratio(fast['speedup_margin'])} margin."
     else:
         text = _cannot_say_yet(fast, "the speed-up's interval straddles its margin")
     out.append(("helpful", text + _compute_text(q["helpful"]["compute"], source)))
@@ -320,7 +325,7 @@ def worth_phrase(row: dict) -> str:
     n, m = row["train_images"], row["multiplier"]
     bound = {"at_least": "at least ", "at_most": "at most ", "mixed": "about "}.get(row["bound"], "about ")
     text = (f"{fmt_int(n)} images with pre-training are worth {bound}{fmt_int(row['images_needed'])} without "
-            f"({fmt_ratio_ci(m)})")
+            f"({fmt_ratio(m['mean'])}; {fmt_ratio_ci(m)})")
     if row["bound"] == "at_least":
         text += ": random init's best at the largest size tried is below pre-training's best here"
     elif row["bound"] == "at_most":
