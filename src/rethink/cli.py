@@ -342,14 +342,14 @@ def cmd_report(args) -> int:
 
 
 def cmd_forecast(args) -> int:
+    if not (Path(args.dir) / "study.json").is_file():
+        raise UserError(f"{args.dir}: no study.json here; point forecast at the --out folder of a "
+                        "`rethink study` (it forecasts from the curves of the runs so far)")
     from rethink.report.stats import load_results
     from rethink.report.words import fmt_ap
     from rethink.study.forecast import forecast_study, parse_schedules
 
     factors = parse_schedules(args.schedules) if args.schedules else None
-    if not (Path(args.dir) / "study.json").is_file():
-        raise UserError(f"{args.dir}: no study.json here; point forecast at the --out folder of a "
-                        "`rethink study` (it forecasts from the curves of the runs so far)")
     result = forecast_study(load_results(Path(args.dir)), factors)
     if args.json:
         print(strict_json({k: result[k] for k in ("cells", "catch_up", "arms", "margin_ap", "interval")}, indent=1))
