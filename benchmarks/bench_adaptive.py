@@ -31,7 +31,8 @@ sys.path.insert(0, str(REPO / "tests" / "report"))
 
 from rethink import schedule as sched  # noqa: E402
 from rethink.errors import UserError  # noqa: E402
-from rethink.report.stats import _settled_final, load_results, summarize  # noqa: E402
+from rethink.report.findings import summarize  # noqa: E402
+from rethink.study.results import _settled_final, load_results  # noqa: E402
 from rethink.study.adaptive import SEGMENTS, segment_stop, settle  # noqa: E402
 from rethink.study.forecast import forecast_study, truncate_study  # noqa: E402
 

@@ -36,7 +36,7 @@ sys.path.insert(0, str(REPO / "tests" / "report"))
 
 from rethink import schedule as sched  # noqa: E402
 from rethink.errors import UserError  # noqa: E402
-from rethink.report.stats import PRIMARY, RANDOM, load_results  # noqa: E402
+from rethink.study.results import PRIMARY, RANDOM, load_results  # noqa: E402
 from rethink.study.forecast import forecast_study, truncate_study  # noqa: E402
 
 FRACTIONS = (0.3, 0.4, 0.6)

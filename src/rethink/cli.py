@@ -345,7 +345,7 @@ def cmd_forecast(args) -> int:
     if not (Path(args.dir) / "study.json").is_file():
         raise UserError(f"{args.dir}: no study.json here; point forecast at the --out folder of a "
                         "`rethink study` (it forecasts from the curves of the runs so far)")
-    from rethink.report.stats import load_results
+    from rethink.study.results import load_results
     from rethink.report.words import fmt_ap
     from rethink.study.forecast import forecast_study, parse_schedules
 

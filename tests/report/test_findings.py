@@ -8,11 +8,12 @@ from study_fixture import make_study, run_name
 
 from rethink.errors import UserError
 from rethink.fileio import read_jsonl
-from rethink.report import stats, words
+from rethink.report import findings, stats, words
+from rethink.study.results import load_results
 
 
 def summary_of(path):
-    return stats.summarize(stats.load_results(path))
+    return findings.summarize(load_results(path))
 
 
 @pytest.fixture(scope="module")
@@ -354,18 +355,18 @@ def test_other_axis_values_get_their_own_cells_and_verdicts(tmp_path):
 
 def test_missing_study_json_and_default_margin(tmp_path):
     with pytest.raises(UserError, match="no study.json"):
-        stats.load_results(tmp_path)
+        load_results(tmp_path)
     path = make_study(tmp_path / "s", sizes=("full",), schedules=("2x",), seeds=(0,), margin_ap=None)
-    assert stats.load_results(path).margin_ap == 1.0
+    assert load_results(path).margin_ap == 1.0
 
 
 def test_partial_last_metrics_line_is_ignored(tmp_path):
     path = make_study(tmp_path, sizes=("full",), schedules=("2x",), seeds=(0,))
     metrics = path / "runs" / run_name("random", "2x", "full", 0) / "metrics.jsonl"
-    before = stats.load_results(path).runs[0].evals
+    before = load_results(path).runs[0].evals
     with open(metrics, "a") as f:
         f.write('{"type": "eval", "iter": 99999, "bbox/A')  # a write cut short by a kill
-    after = stats.load_results(path).runs[0].evals
+    after = load_results(path).runs[0].evals
     assert after == before
 
 

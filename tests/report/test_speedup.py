@@ -6,11 +6,12 @@ import math
 import pytest
 from study_fixture import make_study
 
-from rethink.report import stats, words
+from rethink.report import findings, stats, words
+from rethink.study.results import load_results
 
 
 def summary_of(path):
-    return stats.summarize(stats.load_results(path))
+    return findings.summarize(load_results(path))
 
 
 def ramp(t, top, length):

@@ -10,7 +10,7 @@ import pytest
 
 from rethink import schedule as sched
 from rethink.errors import UserError
-from rethink.report.stats import load_results
+from rethink.study.results import load_results
 from rethink.study.forecast import (curve_value, fit_curve, forecast_curves, forecast_study, parse_schedules,
                                     truncate_study)
 

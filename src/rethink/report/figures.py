@@ -17,8 +17,8 @@ from matplotlib.patches import Patch
 from matplotlib.ticker import EngFormatter, FixedLocator, NullLocator
 
 from rethink.fileio import atomic_write_bytes
-from rethink.report import stats, words
-from rethink.report.stats import PRIMARY, RANDOM
+from rethink.report import words
+from rethink.study.results import PRIMARY, RANDOM, size_sort_key
 
 DPI = 150
 RANDOM_COLOR = "#1f77b4"
@@ -159,7 +159,7 @@ def figure_ap_vs_iterations(study, out_dir: Path):
     drawn_names = {r.name for r in drawn}
     panels = {}
     for run in drawn:
-        panels.setdefault((run.other_key, stats.size_sort_key(run.train_size, run.train_images), run.train_size,
+        panels.setdefault((run.other_key, size_sort_key(run.train_size, run.train_images), run.train_size,
                            run.train_images), []).append(run)
     keys = sorted(panels, key=lambda k: k[:2])
     factors = {r.schedule: r.schedule_factor for r in drawn}
@@ -232,7 +232,7 @@ def figure_ap_vs_schedule(study, cells, out_dir: Path):
     panels = {}
     for cell in cells:
         panels.setdefault((json.dumps(cell["other"], sort_keys=True),
-                           stats.size_sort_key(cell["train_size"], cell["train_images"]),
+                           size_sort_key(cell["train_size"], cell["train_images"]),
                            cell["train_size"], cell["train_images"]), []).append(cell)
     if not any(len({c["schedule"] for c in group}) >= 2 for group in panels.values()):
         return None, "each training-set size has only one schedule done"
@@ -416,7 +416,7 @@ def figure_compute(study, cells, out_dir: Path):
         return None, "no run is done yet"
     first_other = sorted({json.dumps(c["other"], sort_keys=True) for c in cells})[0]
     group = [c for c in cells if json.dumps(c["other"], sort_keys=True) == first_other]
-    largest = max(group, key=lambda c: stats.size_sort_key(c["train_size"], c["train_images"]))
+    largest = max(group, key=lambda c: size_sort_key(c["train_size"], c["train_images"]))
     size, images = largest["train_size"], largest["train_images"]
     group = [c for c in group if c["train_size"] == size]
     factors = {c["schedule"]: c["schedule_factor"] for c in group}
@@ -507,8 +507,8 @@ def figure_overfitting(study, out_dir: Path):
     grid = fig.subplots(2, ncols, squeeze=False, sharex="col")
     for col, other_key in enumerate(keys):
         members = groups[other_key]
-        smallest = min(stats.size_sort_key(r.train_size, r.train_images) for r in members)
-        members = [r for r in members if stats.size_sort_key(r.train_size, r.train_images) == smallest]
+        smallest = min(size_sort_key(r.train_size, r.train_images) for r in members)
+        members = [r for r in members if size_sort_key(r.train_size, r.train_images) == smallest]
         loss_ax, ap_ax = grid[0][col], grid[1][col]
         drops = set()
         for init in inits:
@@ -596,7 +596,7 @@ def figure_forecast(study, forecast: dict, out_dir: Path):
     for cell in forecast["cells"]:
         panels.setdefault((json.dumps(cell["other"], sort_keys=True), cell["train_size"]), []).append(cell)
     images = {(json.dumps(r.other, sort_keys=True), r.train_size): r.train_images for r in study.runs}
-    keys = sorted(panels, key=lambda k: (k[0], stats.size_sort_key(k[1], images.get(k))))
+    keys = sorted(panels, key=lambda k: (k[0], size_sort_key(k[1], images.get(k))))
     inits = _inits_in_order(study)
     sources = study.sources
     fig, axes = _panel_grid(keys, 3.2, 2.7)

@@ -12,9 +12,10 @@ from pathlib import Path
 
 from rethink.errors import UserError
 from rethink.fileio import atomic_write_json, atomic_write_text
-from rethink.report import stats, words
+from rethink.report import findings, words
 from rethink.report.figures import write_figures
 from rethink.report.words import STATUS_WORDS
+from rethink.study.results import PRIMARY, load_results
 
 # The paper's findings, each as the question it answers, in the order a reader asks them.
 FINDING_QUESTIONS = [
@@ -171,7 +172,7 @@ def cell_table(summary: dict) -> tuple:
     for c in cells:
         row = [c["init"], c["schedule"], _size(c)] + ([words.other_label(c["other"])] if any_other else [])
         row += [str(c["n_seeds"])] + [_pm(c["metrics"].get(k)) for k in keys]
-        row += [_pm(c["best"].get(stats.PRIMARY)), _pm_iters(c["iters_to_90"]), _pm_duration(c["wall_time_s"])]
+        row += [_pm(c["best"].get(PRIMARY)), _pm_iters(c["iters_to_90"]), _pm_duration(c["wall_time_s"])]
         rows.append(row)
     return headers, rows, set(range(4 if any_other else 3))  # label columns, left-aligned
 
@@ -183,14 +184,14 @@ def comparison_table(summary: dict) -> tuple:
     headers += ["n", "Δ box AP", "95% CI", "significant", "Δ AP50", "Δ AP75", "Δ best AP"]
     rows = []
     for c in comps:
-        ap = c["final"].get(stats.PRIMARY)
+        ap = c["final"].get(PRIMARY)
         ci = "-" if ap is None or ap["ci_low"] is None else f"[{ap['ci_low']:+.1f}, {ap['ci_high']:+.1f}]"
         sig = {True: "yes", False: "no", None: "no claim (n=1)"}[ap["significant"] if ap else None]
         row = [c["source"], c["schedule"], _size(c)] + ([words.other_label(c["other"])] if any_other else [])
         row += [str(ap["n"] if ap else 0), words.fmt_signed(ap["mean"] if ap else None), ci, sig,
                 words.fmt_signed((c["final"].get("bbox/AP50") or {}).get("mean")),
                 words.fmt_signed((c["final"].get("bbox/AP75") or {}).get("mean")),
-                words.fmt_signed((c["best"].get(stats.PRIMARY) or {}).get("mean"))]
+                words.fmt_signed((c["best"].get(PRIMARY) or {}).get("mean"))]
         rows.append(row)
     return headers, rows, set(range(4 if any_other else 3))
 
@@ -429,8 +430,8 @@ def write_report(study_dir) -> Path:
     numbers use the done runs only.
     """
     study_dir = Path(study_dir)
-    study = stats.load_results(study_dir)
-    summary = stats.summarize(study)
+    study = load_results(study_dir)
+    summary = findings.summarize(study)
     summary["forecast"] = study_forecast(study)
     summary = words.add_text(summary)
     out = study_dir / "report"

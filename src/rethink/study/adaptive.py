@@ -127,7 +127,7 @@ def _group_of(spec) -> tuple:
 
 def run_adaptive(plan, study_dir: Path, jobs: int, progress: bool = True) -> dict:
     """Run `plan` adaptively in `study_dir` (module docstring); returns {name: error} as run_local does."""
-    from rethink.report.stats import load_results
+    from rethink.study.results import load_results
     from rethink.study.forecast import forecast_study
     from rethink.study.run import run_local
 

@@ -41,7 +41,7 @@ from scipy.optimize import curve_fit
 
 from rethink import schedule as sched
 from rethink.errors import UserError
-from rethink.report.stats import PRIMARY, RANDOM, StudyResults, size_sort_key
+from rethink.study.results import PRIMARY, RANDOM, StudyResults, size_sort_key
 
 INTERVAL = 0.8
 MIN_POINTS = 4  # three parameters per family, and one degree of freedom for the residuals
