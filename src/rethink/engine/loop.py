@@ -79,9 +79,14 @@ def default_threads(deterministic: bool) -> tuple[int | None, str]:
     """
     if os.environ.get("OMP_NUM_THREADS"):
         return None, "from OMP_NUM_THREADS"
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    cores = available_cores()
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
     return choose_threads(cores, load, deterministic), f"{cores} cores, load {load:.1f}"
+
+
+def available_cores() -> int:
+    """The cores this process may run on (its affinity mask, e.g. a SLURM or container allocation)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 def choose_threads(cores: int, load: float, deterministic: bool) -> int:

@@ -18,6 +18,7 @@ import torch
 
 from rethink import config as cfgmod
 from rethink.engine import checkpoint as ckpt
+from rethink.engine.loop import available_cores
 from rethink.engine.launch import rethink_command, train_argv
 from rethink.errors import UserError
 from rethink.fileio import atomic_write_text, read_json
@@ -251,8 +252,13 @@ def run_pretrain_steps(study: StudyPlan, study_dir: Path, overrides=(), progress
             continue
         if progress:
             print(f"[study] pre-training {name} ({study.pretrain[name]})", flush=True)
-        pretrain(load_pretrain_config(study.pretrain[name], step_overrides(study, name, overrides)), out,
-                 progress=progress)
+        cfg = load_pretrain_config(study.pretrain[name], step_overrides(study, name, overrides))
+        if cfg.threads == 0 and cfg.device != "cuda":
+            # The thread count changes how CPU kernels split their sums, and a short pre-training amplifies that
+            # (the demo's top-1 moved by 7 points between 1 and 2 threads): a study's backbone must not depend on
+            # the load when it ran, so its step takes the cores, not what the load leaves free.
+            cfg = dataclasses.replace(cfg, threads=min(available_cores(), 8))
+        pretrain(cfg, out, progress=progress)
 
 
 def step_overrides(study: StudyPlan, name: str, overrides=()) -> list:
