@@ -28,7 +28,7 @@ def test_default_study_findings_all_hold(default_study):
     assert {k: v["status"] for k, v in findings.items()} == {
         "converges_faster": "holds", "catches_up": "holds",
         "small_data_hurts_random": "holds", "localization": "holds"}
-    assert summary["findings_by_source"] == {"pretrain": findings}
+    assert summary["headline"] == {"source": "pretrain", "other": {}} and summary["other_verdicts"] == []
     assert summary["n_seeds"] == 3 and summary["margin_ap"] == 1.0
 
 
@@ -334,8 +334,8 @@ def test_failed_pending_running_runs_are_listed_and_left_out(tmp_path):
 def test_several_sources_each_compared_with_random(tmp_path):
     summary = summary_of(make_study(tmp_path, inits=("random", "pretrain", "imagenet")))
     assert summary["sources"] == ["pretrain", "imagenet"]
-    assert list(summary["findings_by_source"]) == ["pretrain", "imagenet"]
-    assert summary["findings"] == summary["findings_by_source"]["pretrain"]
+    assert [v["source"] for v in findings.all_verdicts(summary)] == ["pretrain", "imagenet"]
+    assert summary["headline"]["source"] == "pretrain"
     assert summary["pretrain"]["imagenet"] is None
     cost = summary["pretraining_cost"]["imagenet"]
     assert cost["images"] is None and cost["from"] == "not recorded"
@@ -349,8 +349,8 @@ def test_other_axis_values_get_their_own_cells_and_verdicts(tmp_path):
     summary = summary_of(make_study(tmp_path, sizes=(500, "full"), schedules=("1x", "4x"), seeds=(0,),
                                     others=({"model.norm": "gn"}, {"model.norm": "syncbn"})))
     assert len(summary["cells"]) == 2 * 2 * 2 * 2
-    assert [v["other"] for v in summary["verdicts"]] == [{"model.norm": "gn"}, {"model.norm": "syncbn"}]
-    assert summary["findings"] == summary["verdicts"][0]["findings"]
+    assert [v["other"] for v in findings.all_verdicts(summary)] == [{"model.norm": "gn"}, {"model.norm": "syncbn"}]
+    assert findings.all_verdicts(summary)[0]["findings"] is summary["findings"]
 
 
 def test_missing_study_json_and_default_margin(tmp_path):

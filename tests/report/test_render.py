@@ -8,6 +8,7 @@ from html.parser import HTMLParser
 import pytest
 from study_fixture import make_study, run_name
 
+from rethink.report import findings
 from rethink.report.render import write_report
 
 
@@ -100,7 +101,7 @@ def test_summary_json_matches_final_json_files(report):
     # strict JSON: NaN would fail here
     summary = json.loads((path / "report" / "summary.json").read_text(),
                          parse_constant=lambda c: pytest.fail(f"non-standard JSON constant {c}"))
-    assert {"cells", "findings", "findings_by_source", "n_seeds", "margin_ap", "missing", "failed"} <= set(summary)
+    assert {"cells", "findings", "headline", "other_verdicts", "n_seeds", "margin_ap", "missing", "failed"} <= set(summary)
     assert set(summary["findings"]) == {"converges_faster", "catches_up", "small_data_hurts_random", "localization"}
     assert {k: v["status"] for k, v in summary["findings"].items()} == dict.fromkeys(summary["findings"], "holds")
     assert summary["missing"] == [] and summary["failed"] == []
@@ -193,3 +194,12 @@ def test_figures_of_an_earlier_report_that_are_no_longer_drawn_are_removed(tmp_p
     assert "ap_vs_train_size.png" not in names
     assert names == ["ap_vs_iterations.png", "ap_vs_iterations.svg", "compute.png", "compute.svg",
                      "forecast.png", "forecast.svg", "overfitting.png", "overfitting.svg", "speedup.png", "speedup.svg"]
+
+
+def test_summary_json_carries_each_finding_once(report):
+    """One copy of each finding: the headline comparison's at the top, every other comparison's in other_verdicts."""
+    path, _ = report
+    text = (path / "report" / "summary.json").read_text(encoding="utf-8")
+    summary = json.loads(text)
+    assert len(findings.all_verdicts(summary)) == 1
+    assert text.count('"seeds_to_settle"') == 4  # the four findings, each once

@@ -18,6 +18,7 @@ from matplotlib.ticker import EngFormatter, FixedLocator, NullLocator
 
 from rethink.fileio import atomic_write_bytes
 from rethink.report import words
+from rethink.report.findings import all_verdicts
 from rethink.study.results import PRIMARY, RANDOM, size_sort_key
 
 DPI = 150
@@ -326,7 +327,7 @@ def figure_ap_vs_size(study, cells, summary, out_dir: Path):
             ax.set_title(label)
 
         # breakdown: between the largest size where random is behind and the smallest where it is within
-        verdict = next((v for v in summary["verdicts"]
+        verdict = next((v for v in all_verdicts(summary)
                         if json.dumps(v["other"], sort_keys=True) == other_key), None)
         # worth in images: from pretrained's best at n across to the size random init needs for the same AP
         for row in ((verdict or {}).get("worth_in_images") or {}).get("by_size", []):
@@ -371,7 +372,7 @@ def figure_ap_vs_size(study, cells, summary, out_dir: Path):
 
 def figure_speedup(study, summary: dict, out_dir: Path):
     """Iterations each arm needs to reach each AP level before the first LR drop (converges_faster's speed-up)."""
-    rows = [(v["source"], v["findings"]["converges_faster"]) for v in summary["verdicts"]
+    rows = [(v["source"], v["findings"]["converges_faster"]) for v in all_verdicts(summary)
             if not v["other"] and v["findings"]["converges_faster"].get("speedup")]
     if not rows:
         return None, "no speed-up: converges_faster has no curves of both arms"

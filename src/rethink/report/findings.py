@@ -652,18 +652,30 @@ def summarize(study: StudyResults) -> dict:
         "cells": [{k: v for k, v in c.items() if k != "other_key"} for c in cells],
         "comparisons": comparisons(study, cells),
         "questions": questions(sources[0] if sources else None, top, compute, by_source, study.margin_ap),
+        # the headline comparison (the first source against random, in the first other-axis group) ...
+        "headline": {"source": verdicts[0]["source"], "other": verdicts[0]["other"]} if verdicts else None,
         "findings": top,
         "compute": compute,
         "worth_in_images": worth,
+        # ... and every other (source, other) comparison: each finding is stored once (all_verdicts joins them)
+        "other_verdicts": verdicts[1:],
         "pretraining_cost": costs,
-        "findings_by_source": by_source,
-        "verdicts": verdicts,
         "pretrain": {s: study.pretrain.get(s) for s in sources},
         "pretrain_notes": {s: study.pretrain_notes[s] for s in sources if s in study.pretrain_notes},
         **run_states(study.runs),
         "adaptive": adaptive_record(study),
     }
     return _clean(summary)
+
+
+def all_verdicts(summary: dict) -> list:
+    """Every comparison of a source with random init, the headline first: [{source, other, findings, compute,
+    worth_in_images}]."""
+    if summary.get("headline") is None:
+        return []
+    headline = {**summary["headline"], "findings": summary["findings"], "compute": summary["compute"],
+                "worth_in_images": summary["worth_in_images"]}
+    return [headline, *summary["other_verdicts"]]
 
 
 def adaptive_record(study: StudyResults) -> dict | None:

@@ -141,8 +141,9 @@ def significance_text(summary: dict) -> str | None:
 def verdict_groups(summary: dict) -> list:
     """[(heading, [(question, status, text)])] for each pretrained source (and other-axis value)."""
     groups = []
-    several_others = len({json.dumps(v["other"], sort_keys=True) for v in summary["verdicts"]}) > 1
-    for verdict in summary["verdicts"]:
+    verdicts = findings.all_verdicts(summary)
+    several_others = len({json.dumps(v["other"], sort_keys=True) for v in verdicts}) > 1
+    for verdict in verdicts:
         heading = f"{verdict['source']} vs random init"
         if several_others:
             heading += f" ({words.other_label(verdict['other']) or 'base config'})"

@@ -383,13 +383,9 @@ def _best_source_answer(b: dict) -> str:
 
 def add_text(summary: dict) -> dict:
     """Put each finding's sentence under its "text" key and the answers under questions.<key>.text."""
-    for verdict in summary["verdicts"]:
-        for key, finding in verdict["findings"].items():
-            finding["text"] = finding_text(key, finding, verdict["source"])
-    top_source = summary["sources"][0] if summary["sources"] else "pre-training"
-    for key, finding in summary["findings"].items():
-        finding["text"] = finding_text(key, finding, top_source)
-    for source, findings in summary["findings_by_source"].items():
+    verdicts = summary["other_verdicts"]
+    headline = summary["headline"] or {"source": "pre-training"}
+    for source, findings in [(headline["source"], summary["findings"])] + [(v["source"], v["findings"]) for v in verdicts]:
         for key, finding in findings.items():
             finding["text"] = finding_text(key, finding, source)
     for key, title, text in question_answers(summary):
