@@ -378,7 +378,6 @@ def cmd_forecast(args) -> int:
 def cmd_demo(args) -> int:
     from rethink.demo import run_demo
 
-    _at_least(args.seeds, 1, "--seeds")
     _writable_dir(args.out)
     return run_demo(Path(args.out), quick=args.quick, seeds=args.seeds, adaptive=args.adaptive, sources=args.sources)
 

@@ -87,7 +87,7 @@ def test_finished_run_is_not_retrained(reference_run):
 def test_run_dir_with_another_config_is_refused(reference_run):
     cfg, out, _ = reference_run
     other = config_from_dict(to_dict(cfg), ["seed=5"])
-    with pytest.raises(UserError, match="different config \\(seed differ"):
+    with pytest.raises(UserError, match="different config \\(seed: 0 there, 5 now\\)"):
         train(other, out, progress=False)
 
 
