@@ -156,7 +156,7 @@ def _panel_title(size, images, other: dict) -> str:
 def figure_ap_vs_iterations(study, out_dir: Path):
     drawn = [r for r in study.runs if r.state in ("done", "running") and r.evals]
     if not drawn:
-        return None, "no run has an evaluation yet"
+        return None, words.NOT_DRAWN["no_evaluation"]
     drawn_names = {r.name for r in drawn}
     panels = {}
     for run in drawn:
@@ -216,11 +216,8 @@ def figure_ap_vs_iterations(study, out_dir: Path):
     # two rows filled column by column: the inits share the first column, the schedules follow
     fig.legend(handles=handles, loc="outside upper center", ncols=math.ceil(len(handles) / 2), frameon=False)
     png, svg = _save(fig, out_dir, "ap_vs_iterations")
-    caption = ("Validation box AP along training, mean over seeds (line) and min-max over seeds (band), "
-               "one panel per training-set size. Colors: init; line styles: schedule. Dotted vertical lines "
-               "mark the LR drops; shorter schedules branch off the longest one at their first drop, "
-               "where they were forked. Runs still in progress are included up to where they are.")
-    return {"name": "ap_vs_iterations", "title": "AP along training", "caption": caption,
+    caption = words.caption_ap_vs_iterations()
+    return {"name": "ap_vs_iterations", "title": words.FIGURE_TITLES["ap_vs_iterations"], "caption": caption,
             "png": png, "svg": svg, "width_in": float(fig.get_figwidth())}, None
 
 
@@ -236,7 +233,7 @@ def figure_ap_vs_schedule(study, cells, out_dir: Path):
                            size_sort_key(cell["train_size"], cell["train_images"]),
                            cell["train_size"], cell["train_images"]), []).append(cell)
     if not any(len({c["schedule"] for c in group}) >= 2 for group in panels.values()):
-        return None, "each training-set size has only one schedule done"
+        return None, words.NOT_DRAWN["one_schedule"]
     keys = sorted(panels, key=lambda k: k[:2])
     inits = _inits_in_order(study)
     sources = study.sources
@@ -267,9 +264,8 @@ def figure_ap_vs_schedule(study, cells, out_dir: Path):
     handles = [Line2D([], [], color=init_color(i, sources), marker="o", lw=1.5, label=init_label(i)) for i in inits]
     fig.legend(handles=handles, loc="outside upper center", ncols=len(handles), frameon=False)
     png, svg = _save(fig, out_dir, "ap_vs_schedule")
-    caption = ("Box AP at the end of each schedule, mean over seeds with error bars of one standard "
-               "deviation (none with one seed): the paper's Table 1 as a chart.")
-    return {"name": "ap_vs_schedule", "title": "Final AP vs schedule length", "caption": caption,
+    caption = words.caption_ap_vs_schedule()
+    return {"name": "ap_vs_schedule", "title": words.FIGURE_TITLES["ap_vs_schedule"], "caption": caption,
             "png": png, "svg": svg, "width_in": float(fig.get_figwidth())}, None
 
 
@@ -289,7 +285,7 @@ def figure_ap_vs_size(study, cells, summary, out_dir: Path):
         if cell["train_images"] is not None:  # a log-scale x needs the number of images
             panels.setdefault(json.dumps(cell["other"], sort_keys=True), []).append(cell)
     if not any(len({c["train_size"] for c in group}) >= 2 for group in panels.values()):
-        return None, "only one training-set size has runs done"
+        return None, words.NOT_DRAWN["one_size"]
     keys = sorted(panels)
     inits = _inits_in_order(study)
     sources = study.sources
@@ -357,16 +353,8 @@ def figure_ap_vs_size(study, cells, summary, out_dir: Path):
         handles.append(Line2D([], [], color="0.35", ls=":", lw=0.9, label="images random init needs"))
     fig.legend(handles=handles, loc="outside upper center", ncols=len(handles), frameon=False)
     png, svg = _save(fig, out_dir, "ap_vs_train_size")
-    reference = f" against {study.sources[0]}" if study.sources else ""
-    caption = ("Best box AP over the training curve against the number of training images, each init at its "
-               "best schedule at each size, mean over seeds with one-standard-deviation error bars. The shaded "
-               f"breakdown band lies between the largest size where random init is behind{reference} by more "
-               f"than the margin ({study.margin_ap:.1f} AP, significantly when there are several seeds) and the "
-               "smallest size from which it stays within the margin; where it is never shown within the margin, "
-               "a dashed line marks the largest size where it is behind. Dotted arrows run from the pretrained "
-               "arm's best AP at a size to the number of images at which random init's curve (interpolated in log "
-               "size) reaches it: what pre-training is worth in labelled images.")
-    return {"name": "ap_vs_train_size", "title": "Best AP vs training-set size", "caption": caption,
+    caption = words.caption_ap_vs_size(study.sources[0] if study.sources else None, study.margin_ap)
+    return {"name": "ap_vs_train_size", "title": words.FIGURE_TITLES["ap_vs_train_size"], "caption": caption,
             "png": png, "svg": svg, "width_in": float(fig.get_figwidth())}, None
 
 
@@ -375,7 +363,7 @@ def figure_speedup(study, summary: dict, out_dir: Path):
     rows = [(v["source"], v["findings"]["converges_faster"]) for v in all_verdicts(summary)
             if not v["other"] and v["findings"]["converges_faster"].get("speedup")]
     if not rows:
-        return None, "no speed-up: converges_faster has no curves of both arms"
+        return None, words.NOT_DRAWN["no_speedup"]
     sources = study.sources
     fig, axes = _panel_grid([("", s) for s, _ in rows], 4.6, 3.2, max_cols=2)
     for ax, (source, f) in zip(axes, rows):
@@ -394,16 +382,12 @@ def figure_speedup(study, summary: dict, out_dir: Path):
         ax.set_xlabel(f"AP level ({AP_LABEL})")
         ax.set_ylabel("iterations to reach it")
         ax.yaxis.set_major_formatter(EngFormatter(sep=""))
-        ax.set_title(f"{words.fmt_ratio(f['speedup']['mean'])} sooner (median over levels), "
-                     f"{words.size_label(f['train_size'], f['train_images'])}, {f['curve_schedule']}")
+        ax.set_title(words.title_speedup(f["speedup"]["mean"], words.size_label(f["train_size"], f["train_images"]),
+                                         f["curve_schedule"]))
         ax.legend(loc="best", frameon=False)
     png, svg = _save(fig, out_dir, "speedup")
-    caption = ("Iterations each arm needs to first reach each AP level (10-90% of the pretrained arm's best before "
-               "the longest schedule's first LR drop, dotted line), on the largest training set, mean over seeds; "
-               "the speed-up of converges_faster is the median over the levels of the ratio random over pretrained. "
-               "Open triangles: levels random init did not reach before the drop (its last evaluation, a lower "
-               "bound).")
-    return {"name": "speedup", "title": "Time to accuracy", "caption": caption,
+    caption = words.caption_speedup()
+    return {"name": "speedup", "title": words.FIGURE_TITLES["speedup"], "caption": caption,
             "png": png, "svg": svg, "width_in": float(fig.get_figwidth())}, None
 
 
@@ -414,7 +398,7 @@ def figure_speedup(study, summary: dict, out_dir: Path):
 
 def figure_compute(study, cells, out_dir: Path):
     if not cells:
-        return None, "no run is done yet"
+        return None, words.NOT_DRAWN["no_run_done"]
     first_other = sorted({json.dumps(c["other"], sort_keys=True) for c in cells})[0]
     group = [c for c in cells if json.dumps(c["other"], sort_keys=True) == first_other]
     largest = max(group, key=lambda c: size_sort_key(c["train_size"], c["train_images"]))
@@ -480,11 +464,8 @@ def figure_compute(study, cells, out_dir: Path):
         handles.append(Patch(facecolor="0.8", edgecolor="0.4", hatch="///", label="pre-training"))
     fig.legend(handles=handles, loc="outside upper center", ncols=len(handles), frameon=False)
     png, svg = _save(fig, out_dir, "compute")
-    caption = (f"What each arm has seen by the end of each schedule on {words.size_label(size, images)}: "
-               "fine-tuning (solid) plus pre-training (hatched, from the pre-training record) for pretrained "
-               "inits, training from scratch for random init. Pre-training instances count one labelled "
-               "instance per classification image unless the record says otherwise.")
-    return {"name": "compute", "title": "Images, instances and pixels seen", "caption": caption,
+    caption = words.caption_compute(words.size_label(size, images))
+    return {"name": "compute", "title": words.FIGURE_TITLES["compute"], "caption": caption,
             "png": png, "svg": svg, "width_in": float(fig.get_figwidth())}, None
 
 
@@ -496,7 +477,7 @@ def figure_compute(study, cells, out_dir: Path):
 def figure_overfitting(study, out_dir: Path):
     runs = [r for r in study.runs if r.state in ("done", "running") and r.evals and r.trains]
     if not runs:
-        return None, "no run has both training and evaluation lines yet"
+        return None, words.NOT_DRAWN["no_train_and_eval"]
     groups = {}
     for run in runs:
         groups.setdefault(run.other_key, []).append(run)
@@ -545,10 +526,8 @@ def figure_overfitting(study, out_dir: Path):
                Line2D([], [], color=DROP_COLOR, ls=":", label="LR drop")]
     fig.legend(handles=handles, loc="outside upper center", ncols=2, frameon=False)
     png, svg = _save(fig, out_dir, "overfitting")
-    caption = ("Training loss (top) and validation box AP (bottom) on the smallest training set, longest schedule "
-               "of each init, mean over seeds. A loss that keeps falling while AP peaks (star) and then drops is "
-               "overfitting.")
-    return {"name": "overfitting", "title": "Training loss vs validation AP on little data", "caption": caption,
+    caption = words.caption_overfitting()
+    return {"name": "overfitting", "title": words.FIGURE_TITLES["overfitting"], "caption": caption,
             "png": png, "svg": svg, "width_in": float(fig.get_figwidth())}, None
 
 
@@ -634,11 +613,7 @@ def figure_forecast(study, forecast: dict, out_dir: Path):
     handles.append(Line2D([], [], color="0.3", marker="o", mfc="white", ls="--", lw=1.2, label="forecast"))
     fig.legend(handles=handles, loc="outside upper center", ncols=len(handles), frameon=False)
     png, svg = _save(fig, out_dir, "forecast")
-    pct = int(round(forecast["interval"] * 100))
-    caption = (f"Final box AP per schedule: measured (filled, solid) and forecast from the curves so far (open, "
-               f"dashed, with {pct}% intervals) for the schedules not run yet, by `rethink forecast`'s model of "
-               "this experiment (a saturating curve until the first LR drop, the jump after it learned from the "
-               "forks). Measured values are means over the seeds done.")
-    return {"name": "forecast", "title": "Forecast of the final AP per schedule", "caption": caption,
+    caption = words.caption_forecast(forecast["interval"])
+    return {"name": "forecast", "title": words.FIGURE_TITLES["forecast"], "caption": caption,
             "png": png, "svg": svg, "width_in": float(fig.get_figwidth())}, None
 

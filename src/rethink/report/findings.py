@@ -400,7 +400,7 @@ def finding_small_data(grid: _Grid, margin: float) -> dict:
             "best_iter_random": grid.cell(RANDOM, best_rand, size)["best_iter"]["mean"],
         })
     if len(sizes) < 2:
-        return _not_enough(f"only one training-set size has both arms done", train_size=sizes[0], by_size=per_size)
+        return _not_enough("only one training-set size has both arms done", train_size=sizes[0], by_size=per_size)
     smallest, largest = per_size[0], per_size[-1]
     within_from = next((p for i, p in enumerate(per_size)
                         if all(q["within_margin"] == HOLDS for q in per_size[i:])), None)

@@ -17,13 +17,6 @@ from rethink.report.figures import write_figures
 from rethink.report.words import STATUS_WORDS
 from rethink.study.results import PRIMARY, load_results
 
-# The paper's findings, each as the question it answers, in the order a reader asks them.
-FINDING_QUESTIONS = [
-    ("catches_up", "Does random init catch up with pre-training's best model, given a longer schedule?"),
-    ("converges_faster", "Does pre-training speed up convergence?"),
-    ("small_data_hurts_random", "Does little data hurt random init, and how much does it need?"),
-    ("localization", "Does pre-training give better localization (AP75)?"),
-]
 
 CSS = """
 body { font-family: -apple-system, "Segoe UI", Roboto, "DejaVu Sans", Helvetica, Arial, sans-serif;
@@ -104,56 +97,20 @@ def _size(entry: dict) -> str:
     return words.size_label(entry["train_size"], entry.get("train_images"))
 
 
-def status_line(summary: dict) -> str:
-    counts = summary["counts"]
-    parts = [f"{counts.get(state, 0)} {state}" for state in ("done", "settled", "running", "pending", "failed")
-             if counts.get(state, 0)]
-    return (f"{summary['n_runs']} runs ({', '.join(parts) or 'none'}); "
-            f"{summary['n_seeds']} seed{'s' if summary['n_seeds'] != 1 else ''}; "
-            f"margin {summary['margin_ap']:.1f} AP; {int(summary['confidence'] * 100)}% t intervals over seeds, "
-            "paired by seed.")
-
-
-def incomplete_text(summary: dict) -> str | None:
-    missing = summary["missing"]
-    if not missing:
-        return None
-    by_state = {}
-    for run in missing:
-        by_state.setdefault(run["state"], []).append(run["name"])
-    parts = ", ".join(f"{len(names)} {state}" for state, names in sorted(by_state.items()))
-    names = [r["name"] for r in missing]
-    shown = ", ".join(names[:8]) + (f" and {len(names) - 8} more" if len(names) > 8 else "")
-    return (f"This study is incomplete: {len(missing)} of {summary['n_runs']} runs are not done ({parts}): "
-            f"{shown}. The findings, figures and tables use the done runs only; see the list of runs below.")
-
-
-def significance_text(summary: dict) -> str | None:
-    cell_n = summary.get("n_seeds_per_cell")
-    if cell_n and cell_n["max"] == 1:
-        return (f"Every cell has one seed: no claim of significance can be made. Findings compare the means "
-                f"against the {summary['margin_ap']:.1f} AP margin only; run more seeds for confidence intervals.")
-    if cell_n and cell_n["min"] == 1:
-        return "Some cells have one seed: no claim of significance can be made for comparisons that rest on them."
-    return None
-
-
 def verdict_groups(summary: dict) -> list:
     """[(heading, [(question, status, text)])] for each pretrained source (and other-axis value)."""
     groups = []
     verdicts = findings.all_verdicts(summary)
     several_others = len({json.dumps(v["other"], sort_keys=True) for v in verdicts}) > 1
     for verdict in verdicts:
-        heading = f"{verdict['source']} vs random init"
-        if several_others:
-            heading += f" ({words.other_label(verdict['other']) or 'base config'})"
+        heading = words.verdict_heading(verdict["source"], verdict["other"], several_others)
         items = [(question, verdict["findings"][key]["status"], verdict["findings"][key]["text"])
-                 for key, question in FINDING_QUESTIONS]
+                 for key, question in words.FINDING_QUESTIONS]
         groups.append((heading, items))
     if not groups:
         items = [(question, summary["findings"][key]["status"], summary["findings"][key]["text"])
-                 for key, question in FINDING_QUESTIONS]
-        groups.append(("pretrained vs random init", items))
+                 for key, question in words.FINDING_QUESTIONS]
+        groups.append((words.verdict_heading("pretrained", {}, False), items))
     return groups
 
 
@@ -219,16 +176,7 @@ def runs_table(summary: dict) -> tuple:
     rows, classes = [], []
     for r in summary["runs"]:
         progress = f"{words.fmt_int(r['last_iter']) if r['last_iter'] is not None else 0} / {words.fmt_int(r['iters'])}"
-        if r["state"] == "failed":
-            failed = next((f for f in summary["failed"] if f["name"] == r["name"]), {})
-            reason = failed.get("reason") or "no reason recorded"
-            note = f"failed at iteration {words.fmt_int(failed.get('iter'))}: {reason}"
-        elif r["reason"]:
-            note = r["reason"]
-        elif r["trunk"]:
-            note = f"fork of {r['trunk']} at {words.fmt_int(r['fork_iter'])}"
-        else:
-            note = ""
+        note = words.run_note(r, next((f for f in summary["failed"] if f["name"] == r["name"]), None))
         final_ap = words.fmt_ap(r["final_ap"]) if r["final_ap"] is not None else "-"
         rows.append([r["name"], r["init"], r["schedule"], _size(r), str(r["seed"]), r["state"], progress,
                      final_ap, note])
@@ -264,23 +212,23 @@ def _html_table(headers, rows, left: set, row_classes=None, reason_col: int | No
 
 
 def render_html(summary: dict, figures: list, skipped: list) -> str:
-    title = f"{summary['name']}: pre-training vs random init"
+    title = words.report_title(summary["name"])
     parts = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
              '<meta name="viewport" content="width=device-width, initial-scale=1">',
              f"<title>{_e(title)}</title>", f"<style>{CSS}</style></head><body><main>",
-             f"<h1>{_e(title)}</h1>", f'<p class="sub">{_e(status_line(summary))}</p>']
-    incomplete = incomplete_text(summary)
+             f"<h1>{_e(title)}</h1>", f'<p class="sub">{_e(words.status_line(summary))}</p>']
+    incomplete = words.incomplete_text(summary)
     if incomplete:
         parts.append(f'<div class="box warn">{_e(incomplete)}</div>')
 
-    parts.append("<h2>Answers</h2>")
+    parts.append(f"<h2>{words.HEADINGS['answers']}</h2>")
     parts.append('<ul class="findings">')
     for _, title, text in words.question_answers(summary):
         parts.append(f'<li><span class="q">{_e(title)}</span>{_e(text)}</li>')
     parts.append("</ul>")
 
-    parts.append("<h2>Verdict</h2>")
-    sig = significance_text(summary)
+    parts.append(f"<h2>{words.HEADINGS['verdict']}</h2>")
+    sig = words.significance_text(summary)
     if sig:
         parts.append(f'<div class="box note">{_e(sig)}</div>')
     groups = verdict_groups(summary)
@@ -293,13 +241,13 @@ def render_html(summary: dict, figures: list, skipped: list) -> str:
                          f'<span class="badge {_e(status)}">{_e(STATUS_WORDS[status])}</span></span>{_e(text)}</li>')
         parts.append("</ul>")
 
-    parts.append("<h2>Forecast</h2>")
+    parts.append(f"<h2>{words.HEADINGS['forecast']}</h2>")
     parts += [f"<p>{_e(text)}</p>" for text in words.forecast_sentences(summary)]
     headers, rows = words.forecast_rows(summary)
     if rows:
         parts.append(_html_table(headers, rows, {0, 1, 2}))
 
-    parts.append("<h2>Figures</h2>")
+    parts.append(f"<h2>{words.HEADINGS['figures']}</h2>")
     for number, fig in enumerate(figures, 1):
         data = base64.b64encode(Path(fig["png"]).read_bytes()).decode("ascii")
         # 100 CSS px per figure inch: every figure shows its 9 pt text at the same size on the page
@@ -309,33 +257,31 @@ def render_html(summary: dict, figures: list, skipped: list) -> str:
                      f"<figcaption><b>Figure {number}. {_e(fig['title'])}.</b> {_e(fig['caption'])} "
                      f"(PNG and SVG in <code>report/figures/{_e(fig['name'])}.*</code>)</figcaption></figure>")
     if skipped:
-        parts.append("<p>Not drawn yet:</p><ul>")
+        parts.append(f"<p>{words.HEADINGS['not_drawn']}</p><ul>")
         parts += [f"<li>{_e(s['name'])}: {_e(s['reason'])}</li>" for s in skipped]
         parts.append("</ul>")
 
-    parts.append("<h2>Tables</h2>")
-    parts.append("<h3>Per cell: mean ± std over seeds (n seeds)</h3>")
+    parts.append(f"<h2>{words.HEADINGS['tables']}</h2>")
+    parts.append(f"<h3>{_e(words.HEADINGS['cells'])}</h3>")
     headers, rows, left = cell_table(summary)
-    parts.append(_html_table(headers, rows, left) if rows else "<p>No run is done yet.</p>")
-    parts.append("<h3>Pretrained minus random, paired by seed</h3>")
+    parts.append(_html_table(headers, rows, left) if rows else f"<p>{words.EMPTY['cells']}</p>")
+    parts.append(f"<h3>{words.HEADINGS['comparisons']}</h3>")
     headers, rows, left = comparison_table(summary)
-    parts.append(_html_table(headers, rows, left) if rows
-                 else "<p>No cell has both arms done with a common seed yet.</p>")
+    parts.append(_html_table(headers, rows, left) if rows else f"<p>{words.EMPTY['comparisons']}</p>")
     if summary["sources"]:
-        parts.append("<h3>Pre-training records</h3>")
+        parts.append(f"<h3>{words.HEADINGS['pretrain']}</h3>")
         headers, rows, left = pretrain_table(summary)
         parts.append(_html_table(headers, rows, left))
 
-    parts.append("<h2>Runs</h2>")
+    parts.append(f"<h2>{words.HEADINGS['runs']}</h2>")
     parts += [f"<p>{_e(text)}</p>" for text in words.adaptive_sentences(summary)]
     if summary["failed"]:
-        parts.append("<p>Failed runs:</p><ul>")
-        parts += [f"<li><code>{_e(f['name'])}</code> at iteration {_e(words.fmt_int(f['iter']))}: "
-                  f"{_e(f['reason'] or 'no reason recorded')}</li>" for f in summary["failed"]]
+        parts.append(f"<p>{words.HEADINGS['failed']}</p><ul>")
+        parts += [f"<li>{_e(words.failed_run_line(f['name'], f['iter'], f['reason']))}</li>" for f in summary["failed"]]
         parts.append("</ul>")
     headers, rows, left, classes = runs_table(summary)
     parts.append(_html_table(headers, rows, left, classes, reason_col=len(headers) - 1) if rows
-                 else "<p>The study lists no runs.</p>")
+                 else f"<p>{words.EMPTY['runs']}</p>")
     parts.append("</main></body></html>")
     return "\n".join(parts) + "\n"
 
@@ -357,14 +303,14 @@ def _md_table(headers, rows) -> str:
 
 
 def render_markdown(summary: dict, figures: list, skipped: list) -> str:
-    out = [f"# {summary['name']}: pre-training vs random init", "", status_line(summary), ""]
-    incomplete = incomplete_text(summary)
+    out = [f"# {words.report_title(summary['name'])}", "", words.status_line(summary), ""]
+    incomplete = words.incomplete_text(summary)
     if incomplete:
         out += [f"> **Incomplete.** {incomplete}", ""]
-    out += ["## Answers", ""]
+    out += [f"## {words.HEADINGS['answers']}", ""]
     out += [f"- **{title}** {text}" for _, title, text in words.question_answers(summary)]
-    out += ["", "## Verdict", ""]
-    sig = significance_text(summary)
+    out += ["", f"## {words.HEADINGS['verdict']}", ""]
+    sig = words.significance_text(summary)
     if sig:
         out += [f"> {sig}", ""]
     groups = verdict_groups(summary)
@@ -374,37 +320,36 @@ def render_markdown(summary: dict, figures: list, skipped: list) -> str:
         for question, status, text in items:
             out.append(f"- **{question}** *{STATUS_WORDS[status]}.* {text}")
         out.append("")
-    out += ["## Forecast", ""]
+    out += [f"## {words.HEADINGS['forecast']}", ""]
     for text in words.forecast_sentences(summary):
         out += [text, ""]
     headers, rows = words.forecast_rows(summary)
     if rows:
         out += [_md_table(headers, rows), ""]
-    out += ["## Figures", ""]
+    out += [f"## {words.HEADINGS['figures']}", ""]
     for number, fig in enumerate(figures, 1):
         out += [f"![{fig['title']}](figures/{fig['name']}.png)", "",
                 f"*Figure {number}. {fig['title']}.* {fig['caption']} (SVG: `figures/{fig['name']}.svg`)", ""]
     if skipped:
-        out += ["Not drawn yet:", ""] + [f"- {s['name']}: {s['reason']}" for s in skipped] + [""]
-    out += ["## Tables", "", "### Per cell: mean ± std over seeds (n seeds)", ""]
+        out += [words.HEADINGS["not_drawn"], ""] + [f"- {s['name']}: {s['reason']}" for s in skipped] + [""]
+    out += [f"## {words.HEADINGS['tables']}", "", f"### {words.HEADINGS['cells']}", ""]
     headers, rows, _ = cell_table(summary)
-    out += [_md_table(headers, rows) if rows else "No run is done yet.", ""]
-    out += ["### Pretrained minus random, paired by seed", ""]
+    out += [_md_table(headers, rows) if rows else words.EMPTY["cells"], ""]
+    out += [f"### {words.HEADINGS['comparisons']}", ""]
     headers, rows, _ = comparison_table(summary)
-    out += [_md_table(headers, rows) if rows else "No cell has both arms done with a common seed yet.", ""]
+    out += [_md_table(headers, rows) if rows else words.EMPTY["comparisons"], ""]
     if summary["sources"]:
         headers, rows, _ = pretrain_table(summary)
-        out += ["### Pre-training records", "", _md_table(headers, rows), ""]
-    out += ["## Runs", ""]
+        out += [f"### {words.HEADINGS['pretrain']}", "", _md_table(headers, rows), ""]
+    out += [f"## {words.HEADINGS['runs']}", ""]
     for text in words.adaptive_sentences(summary):
         out += [text, ""]
     if summary["failed"]:
-        out += ["Failed runs:", ""]
-        out += [f"- `{f['name']}` at iteration {words.fmt_int(f['iter'])}: {f['reason'] or 'no reason recorded'}"
-                for f in summary["failed"]]
+        out += [words.HEADINGS["failed"], ""]
+        out += [f"- {words.failed_run_line(f['name'], f['iter'], f['reason'])}" for f in summary["failed"]]
         out.append("")
     headers, rows, _, _ = runs_table(summary)
-    out += [_md_table(headers, rows) if rows else "The study lists no runs.", ""]
+    out += [_md_table(headers, rows) if rows else words.EMPTY["runs"], ""]
     return "\n".join(out)
 
 

@@ -446,3 +446,163 @@ def forecast_rows(summary: dict) -> tuple:
                      + (f" ({other_label(c['other'])})" if c["other"] else ""),
                      c["schedule"], fmt_int(c["iters"]), fmt_ap(c["predicted_final_ap"]), f"[{lo:.1f}, {hi:.1f}]"])
     return headers, rows
+
+
+# ---------------------------------------------------------------------------------------------
+# Figure captions
+# ---------------------------------------------------------------------------------------------
+
+
+def caption_ap_vs_iterations() -> str:
+    return ("Validation box AP along training, mean over seeds (line) and min-max over seeds (band), one panel per "
+            "training-set size. Colors: init; line styles: schedule. Dotted vertical lines mark the LR drops; "
+            "shorter schedules branch off the longest one at their first drop, where they were forked. Runs still in "
+            "progress are included up to where they are.")
+
+
+def caption_ap_vs_schedule() -> str:
+    return ("Box AP at the end of each schedule, mean over seeds with error bars of one standard deviation (none "
+            "with one seed): the paper's Table 1 as a chart.")
+
+
+def caption_ap_vs_size(source: str | None, margin: float) -> str:
+    reference = f" against {source}" if source else ""
+    return ("Best box AP over the training curve against the number of training images, each init at its best "
+            "schedule at each size, mean over seeds with one-standard-deviation error bars. The shaded breakdown "
+            f"band lies between the largest size where random init is behind{reference} by more than the margin "
+            f"({margin:.1f} AP, significantly when there are several seeds) and the smallest size from which it "
+            "stays within the margin; where it is never shown within the margin, a dashed line marks the largest "
+            "size where it is behind. Dotted arrows run from the pretrained arm's best AP at a size to the number "
+            "of images at which random init's curve (interpolated in log size) reaches it: what pre-training is "
+            "worth in labelled images.")
+
+
+def caption_speedup() -> str:
+    return ("Iterations each arm needs to first reach each AP level (10-90% of the pretrained arm's best before the "
+            "longest schedule's first LR drop, dotted line), on the largest training set, mean over seeds; the "
+            "speed-up of converges_faster is the median over the levels of the ratio random over pretrained. Open "
+            "triangles: levels random init did not reach before the drop (its last evaluation, a lower bound).")
+
+
+def title_speedup(speedup: float, size: str, schedule: str) -> str:
+    return f"{fmt_ratio(speedup)} sooner (median over levels), {size}, {schedule}"
+
+
+def caption_compute(size: str) -> str:
+    return (f"What each arm has seen by the end of each schedule on {size}: fine-tuning (solid) plus pre-training "
+            "(hatched, from the pre-training record) for pretrained inits, training from scratch for random init. "
+            "Pre-training instances count one labelled instance per classification image unless the record says "
+            "otherwise.")
+
+
+def caption_overfitting() -> str:
+    return ("Training loss (top) and validation box AP (bottom) on the smallest training set, longest schedule of "
+            "each init, mean over seeds. A loss that keeps falling while AP peaks (star) and then drops is "
+            "overfitting.")
+
+
+def caption_forecast(interval: float) -> str:
+    return (f"Final box AP per schedule: measured (filled, solid) and forecast from the curves so far (open, dashed, "
+            f"with {int(round(interval * 100))}% intervals) for the schedules not run yet, by `rethink forecast`'s "
+            "model of this experiment (a saturating curve until the first LR drop, the jump after it learned from "
+            "the forks). Measured values are means over the seeds done.")
+
+
+# ---------------------------------------------------------------------------------------------
+# The report's page: title, status, notes, headings, the runs' notes
+# ---------------------------------------------------------------------------------------------
+
+# The paper's findings, each as the question it answers, in the order a reader asks them.
+FINDING_QUESTIONS = [
+    ("catches_up", "Does random init catch up with pre-training's best model, given a longer schedule?"),
+    ("converges_faster", "Does pre-training speed up convergence?"),
+    ("small_data_hurts_random", "Does little data hurt random init, and how much does it need?"),
+    ("localization", "Does pre-training give better localization (AP75)?"),
+]
+
+HEADINGS = {
+    "answers": "Answers", "verdict": "Verdict", "forecast": "Forecast", "figures": "Figures", "tables": "Tables",
+    "cells": "Per cell: mean ± std over seeds (n seeds)", "comparisons": "Pretrained minus random, paired by seed",
+    "pretrain": "Pre-training records", "runs": "Runs", "not_drawn": "Not drawn yet:", "failed": "Failed runs:",
+}
+EMPTY = {"cells": "No run is done yet.", "comparisons": "No cell has both arms done with a common seed yet.",
+         "runs": "The study lists no runs."}
+
+
+def report_title(name: str) -> str:
+    return f"{name}: pre-training vs random init"
+
+
+def verdict_heading(source: str, other: dict, several_others: bool) -> str:
+    heading = f"{source} vs random init"
+    return heading + (f" ({other_label(other) or 'base config'})" if several_others else "")
+
+
+def failed_run_line(name: str, iteration, reason: str | None) -> str:
+    return f"{name} at iteration {fmt_int(iteration)}: {reason or 'no reason recorded'}"
+
+
+def run_note(run: dict, failed: dict | None) -> str:
+    """The runs table's note: why a run failed, the reason study.json gives, or where a fork starts."""
+    if run["state"] == "failed":
+        failed = failed or {}
+        return f"failed at iteration {fmt_int(failed.get('iter'))}: {failed.get('reason') or 'no reason recorded'}"
+    if run["reason"]:
+        return run["reason"]
+    if run["trunk"]:
+        return f"fork of {run['trunk']} at {fmt_int(run['fork_iter'])}"
+    return ""
+
+
+def status_line(summary: dict) -> str:
+    counts = summary["counts"]
+    parts = [f"{counts.get(state, 0)} {state}" for state in ("done", "settled", "running", "pending", "failed")
+             if counts.get(state, 0)]
+    return (f"{summary['n_runs']} runs ({', '.join(parts) or 'none'}); "
+            f"{summary['n_seeds']} seed{'s' if summary['n_seeds'] != 1 else ''}; "
+            f"margin {summary['margin_ap']:.1f} AP; {int(summary['confidence'] * 100)}% t intervals over seeds, "
+            "paired by seed.")
+
+
+def incomplete_text(summary: dict) -> str | None:
+    missing = summary["missing"]
+    if not missing:
+        return None
+    by_state = {}
+    for run in missing:
+        by_state.setdefault(run["state"], []).append(run["name"])
+    parts = ", ".join(f"{len(names)} {state}" for state, names in sorted(by_state.items()))
+    names = [r["name"] for r in missing]
+    shown = ", ".join(names[:8]) + (f" and {len(names) - 8} more" if len(names) > 8 else "")
+    return (f"This study is incomplete: {len(missing)} of {summary['n_runs']} runs are not done ({parts}): "
+            f"{shown}. The findings, figures and tables use the done runs only; see the list of runs below.")
+
+
+def significance_text(summary: dict) -> str | None:
+    cell_n = summary.get("n_seeds_per_cell")
+    if cell_n and cell_n["max"] == 1:
+        return (f"Every cell has one seed: no claim of significance can be made. Findings compare the means "
+                f"against the {summary['margin_ap']:.1f} AP margin only; run more seeds for confidence intervals.")
+    if cell_n and cell_n["min"] == 1:
+        return "Some cells have one seed: no claim of significance can be made for comparisons that rest on them."
+    return None
+
+
+FIGURE_TITLES = {
+    "ap_vs_iterations": "AP along training",
+    "ap_vs_schedule": "Final AP vs schedule length",
+    "ap_vs_train_size": "Best AP vs training-set size",
+    "speedup": "Time to accuracy",
+    "compute": "Images, instances and pixels seen",
+    "overfitting": "Training loss vs validation AP on little data",
+    "forecast": "Forecast of the final AP per schedule",
+}
+# why a figure is not drawn yet
+NOT_DRAWN = {
+    "no_evaluation": "no run has an evaluation yet",
+    "one_schedule": "each training-set size has only one schedule done",
+    "one_size": "only one training-set size has runs done",
+    "no_speedup": "no speed-up: converges_faster has no curves of both arms",
+    "no_run_done": "no run is done yet",
+    "no_train_and_eval": "no run has both training and evaluation lines yet",
+}
