@@ -384,3 +384,21 @@ def test_broken_run_files_are_listed_and_the_rest_still_reports(tmp_path):
     assert "final.json: not valid JSON" in missing[broken_final]
     f = summary["findings"]["catches_up"]
     assert f["status"] == "does_not_hold" and f["gap"]["seeds"] == [0, 2]  # the pairs left at 2x
+
+
+def test_sources_are_named_by_their_pretraining_label(tmp_path):
+    """A source's pretrain.json label ("supervised on shapes") names it in the sentences and the legends; a source
+    without one keeps its step name."""
+    from rethink.report.figures import init_label
+
+    path = make_study(tmp_path, inits=("random", "pretrain", "imagenet"))
+    record = path / "pretrain" / "pretrain" / "pretrain.json"
+    record.write_text(json.dumps({**json.loads(record.read_text()), "label": "supervised on shapes"}))
+    study = load_results(path)
+    summary = words.add_text(findings.summarize(study))
+    assert summary["source_labels"] == {"pretrain": "supervised on shapes", "imagenet": "imagenet"}
+    assert "supervised on shapes" in summary["findings"]["catches_up"]["text"]
+    answers = {key: text for key, _, text in words.question_answers(summary)}
+    assert answers["best_source"].startswith("supervised on shapes is best")
+    assert init_label("pretrain", study) == "supervised on shapes"
+    assert init_label("imagenet", study) == "pretrained: imagenet" and init_label("random", study) == "random init"

@@ -52,8 +52,11 @@ def init_color(init: str, sources: list) -> str:
     return SOURCE_COLORS[sources.index(init) % len(SOURCE_COLORS)] if init in sources else "0.3"
 
 
-def init_label(init: str) -> str:
-    return "random init" if init == RANDOM else f"pretrained: {init}"
+def init_label(init: str, study) -> str:
+    if init == RANDOM:
+        return "random init"
+    label = study.label(init)
+    return label if label != init else f"pretrained: {init}"
 
 
 def _schedule_styles(factors_by_schedule: dict) -> dict:
@@ -207,7 +210,7 @@ def figure_ap_vs_iterations(study, out_dir: Path):
         ax.xaxis.set_major_formatter(EngFormatter(sep=""))
         ax.set_xlim(left=0)
 
-    handles = [Line2D([], [], color=init_color(i, sources), lw=2, label=init_label(i)) for i in inits]
+    handles = [Line2D([], [], color=init_color(i, sources), lw=2, label=init_label(i, study)) for i in inits]
     handles += [Line2D([], [], color="0.25", ls=styles[s], lw=1.5, label=f"{s} schedule")
                 for s in sorted(factors, key=lambda s: factors[s])]
     handles.append(Line2D([], [], color=DROP_COLOR, ls=":", lw=1, label="LR drop"))
@@ -252,7 +255,7 @@ def figure_ap_vs_schedule(study, cells, out_dir: Path):
             ys = [c["metrics"][PRIMARY]["mean"] for c in mine]
             errs = [c["metrics"][PRIMARY]["std"] or 0.0 for c in mine]
             ax.errorbar(xs, ys, yerr=errs, color=init_color(init, sources), marker="o", ms=4, lw=1.5,
-                        capsize=3, label=init_label(init))
+                        capsize=3, label=init_label(init, study))
             ticks.update({c["schedule_factor"]: c["schedule"] for c in mine})
         ax.set_xscale("log")
         ax.xaxis.set_major_locator(FixedLocator(sorted(ticks)))
@@ -261,7 +264,7 @@ def figure_ap_vs_schedule(study, cells, out_dir: Path):
         ax.set_xlabel("schedule length (log scale)")
         ax.set_ylabel(f"final {AP_LABEL}")
         ax.set_title(_panel_title(key[2], key[3], json.loads(key[0])))
-    handles = [Line2D([], [], color=init_color(i, sources), marker="o", lw=1.5, label=init_label(i)) for i in inits]
+    handles = [Line2D([], [], color=init_color(i, sources), marker="o", lw=1.5, label=init_label(i, study)) for i in inits]
     fig.legend(handles=handles, loc="outside upper center", ncols=len(handles), frameon=False)
     png, svg = _save(fig, out_dir, "ap_vs_schedule")
     caption = words.caption_ap_vs_schedule()
@@ -344,7 +347,7 @@ def figure_ap_vs_size(study, cells, summary, out_dir: Path):
             ax.text(behind, 0.97, " random behind\n up to here", transform=ax.get_xaxis_transform(),
                     ha="left", va="top", fontsize=8, color="0.3")
             marked.add("line")
-    handles = [Line2D([], [], color=init_color(i, sources), marker="o", lw=1.5, label=init_label(i)) for i in inits]
+    handles = [Line2D([], [], color=init_color(i, sources), marker="o", lw=1.5, label=init_label(i, study)) for i in inits]
     if "region" in marked:
         handles.append(Patch(color="0.85", label="breakdown region"))
     if "line" in marked:
@@ -370,10 +373,10 @@ def figure_speedup(study, summary: dict, out_dir: Path):
         levels = f["speedup"]["levels"]
         aps = [lv["ap"] for lv in levels]
         ax.plot(aps, [lv["iters_pretrained"] for lv in levels], color=init_color(source, sources), marker="o",
-                ms=3.5, lw=1.5, label=init_label(source))
+                ms=3.5, lw=1.5, label=init_label(source, study))
         reached = [lv for lv in levels if not lv["lower_bound"]]
         ax.plot([lv["ap"] for lv in reached], [lv["iters_random"] for lv in reached], color=RANDOM_COLOR,
-                marker="o", ms=3.5, lw=1.5, label=init_label(RANDOM))
+                marker="o", ms=3.5, lw=1.5, label=init_label(RANDOM, study))
         bounds = [lv for lv in levels if lv["lower_bound"]]
         if bounds:
             ax.plot([lv["ap"] for lv in bounds], [lv["ratio"] * lv["iters_pretrained"] for lv in bounds], ls="none",
@@ -454,10 +457,10 @@ def figure_compute(study, cells, out_dir: Path):
 
     def legend_label(init):
         if init == RANDOM:
-            return init_label(init)
+            return init_label(init, study)
         if study.pretrain.get(init) is None:
-            return f"{init_label(init)} (fine-tuning; pre-training not recorded)"
-        return f"{init_label(init)} (fine-tuning)"
+            return f"{init_label(init, study)} (fine-tuning; pre-training not recorded)"
+        return f"{init_label(init, study)} (fine-tuning)"
 
     handles = [Patch(color=init_color(i, sources), label=legend_label(i)) for i in inits]
     if any(study.pretrain.get(i) is not None for i in inits if i != RANDOM):
@@ -504,7 +507,7 @@ def figure_overfitting(study, out_dir: Path):
             iters, loss, *_ = mean_curve(mine, "loss", rows="trains")
             # the logged loss is per-iteration noisy: average over ~2% of the curve to show the trend
             smooth = moving_average(loss, max(1, len(loss) // 50))
-            loss_ax.plot(iters, smooth, color=color, lw=1.5, label=f"{init_label(init)}, {mine[0].schedule}")
+            loss_ax.plot(iters, smooth, color=color, lw=1.5, label=f"{init_label(init, study)}, {mine[0].schedule}")
             iters, ap, lows, highs, counts = mean_curve(mine, PRIMARY)
             ap_ax.plot(iters, ap, color=color, lw=1.5)
             if max(counts) > 1:
@@ -609,7 +612,7 @@ def figure_forecast(study, forecast: dict, out_dir: Path):
         ax.set_xlabel("schedule length (log scale)")
         ax.set_ylabel(f"final {AP_LABEL}")
         ax.set_title(_panel_title(key[1], images.get(key), json.loads(key[0])))
-    handles = [Line2D([], [], color=init_color(i, sources), marker="o", lw=1.5, label=init_label(i)) for i in inits]
+    handles = [Line2D([], [], color=init_color(i, sources), marker="o", lw=1.5, label=init_label(i, study)) for i in inits]
     handles.append(Line2D([], [], color="0.3", marker="o", mfc="white", ls="--", lw=1.2, label="forecast"))
     fig.legend(handles=handles, loc="outside upper center", ncols=len(handles), frameon=False)
     png, svg = _save(fig, out_dir, "forecast")

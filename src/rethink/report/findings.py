@@ -648,6 +648,7 @@ def summarize(study: StudyResults) -> dict:
         "seeds": seeds,
         "n_seeds_per_cell": {"min": min(done_seeds), "max": max(done_seeds)} if done_seeds else None,
         "sources": sources,
+        "source_labels": {s: study.label(s) for s in sources},
         "n_runs": len(study.runs),
         "cells": [{k: v for k, v in c.items() if k != "other_key"} for c in cells],
         "comparisons": comparisons(study, cells),

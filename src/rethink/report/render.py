@@ -103,7 +103,8 @@ def verdict_groups(summary: dict) -> list:
     verdicts = findings.all_verdicts(summary)
     several_others = len({json.dumps(v["other"], sort_keys=True) for v in verdicts}) > 1
     for verdict in verdicts:
-        heading = words.verdict_heading(verdict["source"], verdict["other"], several_others)
+        label = (summary.get("source_labels") or {}).get(verdict["source"], verdict["source"])
+        heading = words.verdict_heading(label, verdict["other"], several_others)
         items = [(question, verdict["findings"][key]["status"], verdict["findings"][key]["text"])
                  for key, question in words.FINDING_QUESTIONS]
         groups.append((heading, items))

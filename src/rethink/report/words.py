@@ -275,7 +275,7 @@ def _cannot_say_yet(finding: dict, straddles: str) -> str:
 def question_answers(summary: dict) -> list:
     """[(key, title, answer sentence)] for the report's first section."""
     q, findings = summary["questions"], summary["findings"]
-    source = q.get("source") or "pre-training"
+    source = (summary.get("source_labels") or {}).get(q.get("source"), q.get("source")) or "pre-training"
     catch, fast, small = findings["catches_up"], findings["converges_faster"], findings["small_data_hurts_random"]
     out = []
     if q["necessary"]["answer"] == "no":
@@ -316,7 +316,7 @@ def question_answers(summary: dict) -> list:
 
     out.append(("how_long", _how_long_answer(q["how_long"], source, catch)))
     if "best_source" in q:
-        out.append(("best_source", _best_source_answer(q["best_source"])))
+        out.append(("best_source", _best_source_answer(q["best_source"], summary.get("source_labels") or {})))
     return [(key, QUESTION_TITLES[key], text) for key, text in out]
 
 
@@ -373,10 +373,11 @@ def _how_long_answer(h: dict, source: str, catch: dict) -> str:
     return "Cannot say yet: " + (catch.get("reason") or "the catch-up interval straddles the margin") + "."
 
 
-def _best_source_answer(b: dict) -> str:
-    ranking = ", ".join(f"{r['source']} {fmt_ap(r['ap_best'])} AP ({r['schedule']})" for r in b["ranking"])
-    ahead = [r["source"] for r in b["ranking"] if r["ahead_of_random_at_longest"] == HOLDS]
-    return (f"{b['best']} is best ({ranking}). "
+def _best_source_answer(b: dict, labels: dict) -> str:
+    ranking = ", ".join(f"{labels.get(r['source'], r['source'])} {fmt_ap(r['ap_best'])} AP ({r['schedule']})"
+                        for r in b["ranking"])
+    ahead = [labels.get(r["source"], r["source"]) for r in b["ranking"] if r["ahead_of_random_at_longest"] == HOLDS]
+    return (f"{labels.get(b['best'], b['best'])} is best ({ranking}). "
             + (f"Ahead of random init by more than the margin at the longest schedule: {', '.join(ahead)}."
                if ahead else "None is ahead of random init by more than the margin at the longest schedule."))
 
@@ -385,9 +386,10 @@ def add_text(summary: dict) -> dict:
     """Put each finding's sentence under its "text" key and the answers under questions.<key>.text."""
     verdicts = summary["other_verdicts"]
     headline = summary["headline"] or {"source": "pre-training"}
+    labels = summary.get("source_labels") or {}
     for source, findings in [(headline["source"], summary["findings"])] + [(v["source"], v["findings"]) for v in verdicts]:
         for key, finding in findings.items():
-            finding["text"] = finding_text(key, finding, source)
+            finding["text"] = finding_text(key, finding, labels.get(source, source))
     for key, title, text in question_answers(summary):
         summary["questions"][key].update(question=title, text=text)
     return summary

@@ -82,6 +82,11 @@ class StudyResults:
     init_cost: dict = field(default_factory=dict)  # source name -> the study's report.init_cost entry
     weights_meta: dict = field(default_factory=dict)  # source name -> what published weights say of themselves
 
+    def label(self, source: str) -> str:
+        """What a reader calls a pretrained source: its pre-training's label ("MoCo v2 on target"), else its name."""
+        record = self.pretrain.get(source) or {}
+        return record.get("label") or source
+
     @property
     def sources(self) -> list:
         """Pretrained sources in the order the study lists them; each is compared with random init."""
