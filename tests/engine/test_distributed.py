@@ -162,9 +162,12 @@ def test_resume_with_another_number_of_processes(runs, tmp_path):
     rows = train_rows(resumed)
     assert [r["iter"] for r in rows] == list(range(1, ITERS + 1))
     assert rows[:KEEP] == train_rows(two)[:KEEP]  # the 2-process part is kept as it was logged
-    # The first resumed iteration draws the same anchors/RoIs for the same images as the uninterrupted 1-process
-    # run, from parameters equal up to rounding: the same loss up to rounding.
-    assert rows[KEEP]["loss"] == pytest.approx(train_rows(one)[KEEP]["loss"], rel=1e-5)
+    # The first resumed iteration starts from the 2-process run's parameters and draws the same anchors/RoIs for the
+    # same images as that run's next iteration: the same loss up to rounding, with one process instead of two.
+    # (Against the 1-process run it can differ: on an AVX-512 Xeon parameters equal to ~1e-7 after 2 iterations
+    # already flip a discrete choice at iteration 3, measured 1.66085 from the 2-process parameters, 1.66069 from
+    # the 1-process ones; the resumed run gave 1.6608491 against the 2-process run's 1.6608491.)
+    assert rows[KEEP]["loss"] == pytest.approx(train_rows(two)[KEEP]["loss"], rel=1e-5)
 
 
 def write_tiny_study(root: Path, coco_data: Path, matrix: dict) -> Path:
