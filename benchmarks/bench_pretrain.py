@@ -28,8 +28,10 @@ import torch
 from torchvision import transforms as T
 from torchvision.datasets import ImageFolder
 
-from rethink.config import load_pretrain_config
-from rethink.engine.pretrain import REFERENCE_BATCH, ImageSet, cosine_lr, pretrain
+from rethink.config import PRETRAIN_REFERENCE_BATCH, load_pretrain_config
+from rethink.data.images import ImageSet
+from rethink.engine.pretrain import pretrain
+from rethink.schedule import cosine_lr
 from rethink.fileio import read_jsonl
 from rethink.models import backbone as bb
 from rethink.models.detector import IMAGE_MEAN, IMAGE_STD
@@ -91,7 +93,7 @@ def plain_run(root: Path, cfg, iters: int, warmup: int) -> dict:
     bb.init_random(model)
     model.train()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.0, momentum=s.momentum, weight_decay=s.weight_decay)
-    base_lr = s.base_lr * s.batch_size / REFERENCE_BATCH
+    base_lr = s.base_lr * s.batch_size / PRETRAIN_REFERENCE_BATCH
     images, seconds, data_seconds = 0, 0.0, 0.0
     batches = iter(loader)
     for it in range(iters + warmup):

@@ -21,7 +21,7 @@ sys.path.insert(0, str(REPO / "src"))
 
 from rethink.demo import QUICK_PRETRAIN_OVERRIDES, data_overrides  # noqa: E402
 from rethink.study.plan import load_plan, plan_summary  # noqa: E402
-from rethink.study.run import run_study  # noqa: E402
+from rethink.pipeline import run_study  # noqa: E402
 
 QUICK_RUNS = ["solver.iters_1x=60", "solver.warmup_iters=5", "eval_period=30", "log_period=10",
               "checkpoint_period=30", "data.val_size=60"]

@@ -29,7 +29,8 @@ sys.path.insert(0, str(REPO / "src"))
 
 from rethink.config import load_config  # noqa: E402
 from rethink.data.coco import CocoDetection, collate  # noqa: E402
-from rethink.engine.train import load_datasets, train  # noqa: E402
+from rethink.data.coco import load_datasets  # noqa: E402
+from rethink.engine.train import train  # noqa: E402
 from rethink.fileio import read_jsonl  # noqa: E402
 from rethink.models.detector import build_detector, set_mode_sizes  # noqa: E402
 

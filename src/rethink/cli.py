@@ -297,7 +297,7 @@ def cmd_plan(args) -> int:
 
 
 def cmd_study(args) -> int:
-    from rethink.study.run import run_study
+    from rethink.pipeline import run_study
 
     for flag, value in (("--jobs", args.jobs), ("--nproc", args.nproc), ("--slurm-gpus-per-node",
                         args.slurm_gpus_per_node), ("--slurm-time-min", args.slurm_time_min)):

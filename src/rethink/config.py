@@ -634,3 +634,23 @@ def check_run_dir(out: Path, cfg, what: str = "a run") -> None:
 # Keys that change how fast a run goes or how much it prints, never what it learns: a resume may change them.
 RESUME_FREE_KEYS = frozenset({"data.num_workers", "threads", "log_period", "device", "checkpoint_period",
                               "keep_checkpoints", "data.cache_images"})
+
+# A pre-training's outputs, and the batch its solver.base_lr is given for (Goyal et al.'s ImageNet reference).
+PRETRAIN_RECORD = "pretrain.json"
+PRETRAIN_WEIGHTS = "backbone.safetensors"
+PRETRAIN_REFERENCE_BATCH = 256
+
+
+METHOD_NAMES = {"supervised": "supervised", "moco_v2": "MoCo v2", "densecl": "DenseCL"}
+
+
+def source_label(cfg: PretrainConfig) -> str:
+    """What a report calls this pre-training: the config's `label`, else the method and the data's folder name
+    ("supervised on source" for source/train, "MoCo v2 on target" for target/train/annotations.json)."""
+    if cfg.label:
+        return cfg.label
+    where = Path(cfg.data.train)
+    where = where.parent if where.suffix == ".json" else where
+    while where.name in ("train", "images", "val") and where.parent != where:
+        where = where.parent
+    return f"{METHOD_NAMES[cfg.method]} on {where.name or where}"

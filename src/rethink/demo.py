@@ -85,7 +85,7 @@ UNLABELLED_FACTOR = 10
 
 def run_demo(out: Path, quick: bool = False, jobs: int | None = None, seeds: int = 1, adaptive: bool = False,
              sources: bool = False) -> int:
-    from rethink.study.run import run_study
+    from rethink.pipeline import run_study
     from rethink.data.synth import write_benchmark, write_unlabelled
 
     if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:

@@ -10,9 +10,12 @@ null metric (a key with a slash: `bbox/APl`) becomes NaN again, the value the co
 import json
 import math
 import os
+import pickle
 import shutil
 import tempfile
 from pathlib import Path
+
+from rethink.errors import reason
 
 
 def _default_mode() -> int:
@@ -154,3 +157,32 @@ def check_free_space(directory, needed_bytes: int, what: str) -> None:
             f"{directory}: only {free / 2**20:.0f} MiB free, {what} needs about {needed_bytes / 2**20:.0f} MiB; "
             "free some space and run the same command again (nothing was lost)"
         )
+
+
+def load_failure(path: Path, exc: BaseException) -> str:
+    """Why torch.load(weights_only=True) failed, in words about the file. Torch's own message for a refused file
+    tells the user to retry with weights_only=False, which would run the file's code: never repeat that advice."""
+    kind = _not_a_torch_file(path)
+    if kind:
+        return kind
+    if isinstance(exc, pickle.UnpicklingError):
+        return "it holds Python objects beyond tensors, and loading them could run code"
+    return reason(exc, 200)
+
+
+def _not_a_torch_file(path: Path) -> str | None:
+    """A description of a file that is plainly no torch file (torch writes a zip archive, or a pickle)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8)
+    except OSError:
+        return None
+    if not head:
+        return "the file is empty"
+    if head.startswith(b"PK") or head[:1] == b"\x80":
+        return None
+    if head.lstrip()[:1] in (b"{", b"["):
+        return "it is a JSON file, not a torch file"
+    if head.startswith(b"\x89PNG") or head.startswith(b"\xff\xd8"):
+        return "it is an image, not a torch file"
+    return None

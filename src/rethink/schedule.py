@@ -105,3 +105,11 @@ def eval_iters(total: int, eval_period: int) -> list[int]:
 
 def gpu_hours(images: int, img_per_s: float) -> float:
     return images / img_per_s / 3600.0 if img_per_s > 0 else math.inf
+
+
+def cosine_lr(it: int, base_lr: float, warmup_iters: int, total: int) -> float:
+    """LR of iteration `it` (0-based): linear warm-up over `warmup_iters`, then cosine from base_lr to 0."""
+    if it < warmup_iters:
+        return base_lr * (it + 1) / warmup_iters
+    progress = (it - warmup_iters) / max(1, total - warmup_iters)
+    return base_lr * 0.5 * (1.0 + math.cos(math.pi * progress))

@@ -14,7 +14,9 @@ from safetensors.torch import load_file
 
 from conftest import REPO
 from rethink.config import DataConfig, ModelConfig, load_pretrain_config, pretrain_config_from_dict
-from rethink.engine.pretrain import augment, cosine_lr, pretrain, read_image
+from rethink.data.images import augment, read_image
+from rethink.engine.pretrain import pretrain
+from rethink.schedule import cosine_lr
 from rethink.errors import Interrupted, UserError
 from rethink.fileio import read_jsonl
 from rethink.models.detector import backbone_body, build_detector, init_from_source

@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 from conftest import run_cli, write_config
 from rethink.config import pretrain_config_from_dict
 from rethink.engine.pretrain import pretrain
-from rethink.engine.selfsup import list_images
+from rethink.data.images import list_images
 from rethink.errors import Interrupted, UserError
 from rethink.fileio import read_json, read_jsonl
 

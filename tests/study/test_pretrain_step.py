@@ -9,7 +9,7 @@ from conftest import tiny_config_dict, write_config
 from rethink.engine.loop import available_cores
 from rethink.fileio import read_json
 from rethink.study.plan import load_plan
-from rethink.study.run import run_pretrain_steps
+from rethink.pipeline import run_pretrain_steps
 
 
 def test_a_steps_thread_count_does_not_follow_the_load(coco_data, tmp_path, monkeypatch):

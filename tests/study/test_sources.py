@@ -7,7 +7,7 @@ from conftest import tiny_config_dict, write_config
 from rethink.errors import UserError
 from rethink.fileio import read_json
 from rethink.study.plan import load_plan
-from rethink.study.run import run_pretrain_steps
+from rethink.pipeline import run_pretrain_steps
 
 SSL = {
     "method": "moco_v2",
@@ -57,7 +57,7 @@ def test_a_bad_step_names_its_key(coco_data, tmp_path, step, message):
 def test_the_data_check_reads_where_the_step_trains(coco_data, tmp_path):
     """The step's config names a folder that does not exist; `train_on: target` replaces it, and the check
     before any run looks at what the step will read."""
-    from rethink.study.run import check_pretrain_data
+    from rethink.pipeline import check_pretrain_data
 
     study = load_plan(write_study(tmp_path, coco_data, {"config": "ssl.yaml", "train_on": "target"}))
     check_pretrain_data(study, tmp_path / "out")

@@ -12,7 +12,7 @@ from rethink.engine.train import train
 from rethink.errors import UserError
 from rethink.fileio import read_json, read_jsonl
 from rethink.study.plan import load_plan, plan_summary
-from rethink.study.run import run_study
+from rethink.pipeline import run_study
 from rethink.study.store import StudyLock
 
 

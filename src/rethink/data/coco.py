@@ -12,7 +12,8 @@ import torch
 from PIL import Image
 from pycocotools import mask as mask_utils
 
-from rethink.data.validate import DatasetCheck
+from rethink.config import RunConfig
+from rethink.data.validate import DatasetCheck, check_coco, check_pair, check_train_size
 
 # Decoded images are kept in memory when they fit in this budget (small datasets, like the bundled benchmark).
 CACHE_BUDGET_BYTES = 2 * 2**30
@@ -136,3 +137,16 @@ def collate(batch):
     # Detection batches are lists: torchvision's models take images of different sizes.
     return tuple(zip(*batch))
 
+
+def load_datasets(cfg: RunConfig):
+    """Validate both splits (clear errors before any training) and build the datasets."""
+    d = cfg.data
+    with_masks = cfg.model.detector == "mask_rcnn"
+    train_check = check_coco(Path(d.train.images), Path(d.train.annotations), role="train", require_masks=with_masks)
+    val_check = check_coco(Path(d.val.images), Path(d.val.annotations), role="val", require_masks=with_masks)
+    check_train_size(train_check, d.train_size)
+    check_pair(train_check, val_check)
+    train_ids = subset_image_ids(train_check, d.train_size, d.subset_seed)
+    train_set = CocoDetection(train_check, train_ids, with_masks, d.cache_images, train=True)
+    val_set = CocoDetection(val_check, val_image_ids(val_check, d.val_size), with_masks, d.cache_images, train=False)
+    return train_set, val_set, train_check, val_check

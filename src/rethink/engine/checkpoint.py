@@ -9,7 +9,6 @@ points of a study's shorter schedules), plus the final one. Everything else is d
 checkpoint is safely on disk.
 """
 
-import pickle
 import random
 import re
 from pathlib import Path
@@ -17,13 +16,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from rethink.errors import UserError, reason
-from rethink.fileio import atomic_save_with, check_free_space
-
-# What torch.load(weights_only=True) raises on a damaged or foreign file: refused content (UnpicklingError), a
-# damaged zip archive (RuntimeError), a file cut short (EOFError), and garbage the unpickler chokes on (IndexError,
-# KeyError, UnicodeDecodeError, a ValueError). OSError besides: a missing or unreadable file.
-UNREADABLE = (pickle.UnpicklingError, RuntimeError, EOFError, IndexError, KeyError, ValueError)
+from rethink.errors import UNREADABLE, UserError
+from rethink.fileio import atomic_save_with, check_free_space, load_failure
 
 _NAME = re.compile(r"^iter_(\d{7,})\.pt$")
 
@@ -118,35 +112,6 @@ def load(path: Path) -> dict:
     except (*UNREADABLE, OSError) as e:
         raise UserError(f"{path}: cannot read checkpoint ({load_failure(path, e)}); pass a run's "
                         "checkpoints/iter_*.pt") from None
-
-
-def load_failure(path: Path, exc: BaseException) -> str:
-    """Why torch.load(weights_only=True) failed, in words about the file. Torch's own message for a refused file
-    tells the user to retry with weights_only=False, which would run the file's code: never repeat that advice."""
-    kind = _not_a_torch_file(path)
-    if kind:
-        return kind
-    if isinstance(exc, pickle.UnpicklingError):
-        return "it holds Python objects beyond tensors, and loading them could run code"
-    return reason(exc, 200)
-
-
-def _not_a_torch_file(path: Path) -> str | None:
-    """A description of a file that is plainly no torch file (torch writes a zip archive, or a pickle)."""
-    try:
-        with open(path, "rb") as f:
-            head = f.read(8)
-    except OSError:
-        return None
-    if not head:
-        return "the file is empty"
-    if head.startswith(b"PK") or head[:1] == b"\x80":
-        return None
-    if head.lstrip()[:1] in (b"{", b"["):
-        return "it is a JSON file, not a torch file"
-    if head.startswith(b"\x89PNG") or head.startswith(b"\xff\xd8"):
-        return "it is an image, not a torch file"
-    return None
 
 
 def latest(run_dir: Path) -> tuple[int, Path] | None:

@@ -27,161 +27,27 @@ import math
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 import yaml
-from PIL import Image, UnidentifiedImageError
-from tqdm import tqdm
 
 from rethink import config as cfgmod
 from rethink import schedule as sched
-from rethink.config import PretrainConfig
+from rethink.config import PRETRAIN_RECORD, PRETRAIN_REFERENCE_BATCH, PRETRAIN_WEIGHTS, PretrainConfig, source_label
+from rethink.data.images import ImageSet, augment, collate_items, load_splits
 from rethink.data.sampling import InfiniteSampler
 from rethink.engine import checkpoint as ckpt
 from rethink.engine.loop import Periods, amp_dtype, open_run, param_groups, run_loop, setup_device
-from rethink.errors import RunFailed, UserError, reason
+from rethink.engine.selfsup import pretrain_selfsup
+from rethink.errors import RunFailed, UserError
 from rethink.fileio import atomic_save_with, atomic_write_json, atomic_write_text, read_json
 from rethink.models import backbone as bb
-from rethink.models.detector import IMAGE_MEAN, IMAGE_STD
+from rethink.models.detector import Normalize
 
-REFERENCE_BATCH = 256  # solver.base_lr is the LR for this batch (Goyal et al.'s ImageNet reference)
-# data.cache_images=auto decodes into memory when all images together take at most this many bytes.
-CACHE_AUTO_BYTES = 4 * 2**30
-RECORD = "pretrain.json"
-WEIGHTS = "backbone.safetensors"
-
-
-def cosine_lr(it: int, base_lr: float, warmup_iters: int, total: int) -> float:
-    """LR of iteration `it` (0-based): linear warm-up over `warmup_iters`, then cosine from base_lr to 0."""
-    if it < warmup_iters:
-        return base_lr * (it + 1) / warmup_iters
-    progress = (it - warmup_iters) / max(1, total - warmup_iters)
-    return base_lr * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # data
-
-
-def read_image(path, size: int) -> np.ndarray:
-    """One image as (size, size, 3) uint8: shorter side resized to `size`, the centre square kept."""
-    try:
-        with Image.open(path) as im:
-            im = im.convert("RGB")
-            if im.size != (size, size):
-                w, h = im.size
-                scale = size / min(w, h)
-                im = im.resize((max(size, round(w * scale)), max(size, round(h * scale))), Image.BILINEAR)
-                left, top = (im.width - size) // 2, (im.height - size) // 2
-                im = im.crop((left, top, left + size, top + size))
-            return np.array(im, dtype=np.uint8)  # a writable copy: torch.from_numpy wants one
-    except (UnidentifiedImageError, OSError, ValueError) as e:
-        raise UserError(f"{path}: not a readable image ({reason(e)})") from None
-
-
-def decode_images(paths, size: int, desc: str, progress: bool = False) -> torch.Tensor:
-    """Decode every image into one (N, 3, size, size) uint8 tensor (about 3 KiB per 32x32 image)."""
-    images = torch.empty((len(paths), 3, size, size), dtype=torch.uint8)
-    array = images.numpy()  # shares memory: each image is written in place, channels-first, no second copy
-    for i, path in enumerate(tqdm(paths, desc=desc, unit="img", disable=not progress, mininterval=1.0, leave=False)):
-        array[i] = read_image(path, size).transpose(2, 0, 1)
-    return images
-
-
-class ImageSet(torch.utils.data.Dataset):
-    """One ImageFolder split as uint8 (3, size, size) images, decoded once into memory or read on demand.
-
-    As a Dataset (the on-demand path) an item is the sampler's (index, flip) pair and comes back as
-    (image, label, flip), so DataLoader workers only decode; the augmentation happens on the whole batch.
-    """
-
-    def __init__(self, root: str, size: int, key: str, classes: list[str] | None = None):
-        from torchvision.datasets import ImageFolder
-
-        if not Path(root).is_dir():
-            raise UserError(f"{key}: folder {root} not found")
-        try:
-            folder = ImageFolder(root, loader=lambda p: p)  # the loader is never called: we decode ourselves
-        except (FileNotFoundError, RuntimeError) as e:
-            raise UserError(f"{key}: {root} is not an ImageFolder ({reason(e)})") from None
-        if classes is not None and folder.classes != classes:
-            extra = sorted(set(folder.classes) ^ set(classes))
-            raise UserError(f"{key}: {root} has other class folders than data.train (differ: {', '.join(extra[:5])})")
-        self.root = root
-        self.size = size
-        self.classes = folder.classes
-        self.paths = [p for p, _ in folder.samples]
-        self.labels = torch.tensor([c for _, c in folder.samples], dtype=torch.int64)
-        self.images: torch.Tensor | None = None
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def nbytes(self) -> int:
-        return len(self) * 3 * self.size * self.size
-
-    def decode_all(self, progress: bool = False) -> None:
-        self.images = decode_images(self.paths, self.size, f"decode {Path(self.root).name}", progress)
-
-    def __getitem__(self, item):
-        index, flip = item
-        image = torch.from_numpy(read_image(self.paths[index], self.size)).permute(2, 0, 1)
-        return image, self.labels[index], flip
-
-
-def collate_items(items):
-    images, labels, flips = zip(*items)
-    return torch.stack(images), torch.stack(labels), torch.tensor(flips, dtype=torch.bool)
-
-
-def augment(images: torch.Tensor, flips: torch.Tensor, padding: int, generator: torch.Generator) -> torch.Tensor:
-    """Random crop (from the batch padded by `padding` black pixels) and horizontal flip, on uint8 (N, C, H, W).
-
-    torchvision's RandomCrop(padding=p) + RandomHorizontalFlip per image, done as one gather for the whole batch:
-    each output pixel reads padded[row + dy, col + dx] (columns reversed for flipped images): faster than advanced
-    indexing with broadcast row/column grids and than a per-image loop (benchmarks/README.md, design measurements).
-    """
-    n, c, h, w = images.shape
-    padded = F.pad(images, (padding, padding, padding, padding)) if padding else images
-    width = w + 2 * padding
-    dy = torch.randint(0, 2 * padding + 1, (n,), generator=generator)
-    dx = torch.randint(0, 2 * padding + 1, (n,), generator=generator)
-    cols = dx[:, None] + torch.arange(w)
-    cols = torch.where(flips[:, None], cols.flip(1), cols)
-    rows = dy[:, None] + torch.arange(h)
-    flat = (rows[:, :, None] * width + cols[:, None, :]).view(n, 1, h * w).expand(n, c, h * w)
-    return padded.reshape(n, c, -1).gather(2, flat).view(n, c, h, w)
-
-
-class Normalize:
-    """uint8 batch -> float input with the detector's ImageNet mean/std, so features transfer as they are."""
-
-    def __init__(self, device: torch.device):
-        std = torch.tensor(IMAGE_STD, device=device).view(1, 3, 1, 1)
-        mean = torch.tensor(IMAGE_MEAN, device=device).view(1, 3, 1, 1)
-        self.scale = 1.0 / (255.0 * std)
-        self.shift = mean / std
-
-    def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        return images.float().mul_(self.scale).sub_(self.shift)
-
-
-def load_splits(cfg: PretrainConfig, progress: bool = False) -> tuple[ImageSet, ImageSet, bool]:
-    """Both splits with the same classes; decoded into memory when the cache applies (a broken image fails here,
-    before training, instead of in the middle of it)."""
-    d = cfg.data
-    train_set = ImageSet(d.train, d.image_size, "data.train")
-    val_set = ImageSet(d.val, d.image_size, "data.val", classes=train_set.classes)
-    if len(train_set.classes) < 2:
-        raise UserError(f"data.train: {d.train} has {len(train_set.classes)} class folder; classification needs 2+")
-    cached = d.cache_images == "yes" or (
-        d.cache_images == "auto" and train_set.nbytes() + val_set.nbytes() <= CACHE_AUTO_BYTES
-    )
-    if cached:
-        train_set.decode_all(progress)
-        val_set.decode_all(progress)
-    return train_set, val_set, cached
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -223,26 +89,6 @@ def evaluate_top1(model, val_set: ImageSet, normalize: Normalize, device, batch_
 # outputs
 
 
-def body_state_dict(model) -> dict:
-    """The backbone body's tensors: everything but the classifier, under the keys a detector body uses."""
-    return {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items() if not k.startswith("fc.")}
-
-
-METHOD_NAMES = {"supervised": "supervised", "moco_v2": "MoCo v2", "densecl": "DenseCL"}
-
-
-def source_label(cfg: PretrainConfig) -> str:
-    """What a report calls this pre-training: the config's `label`, else the method and the data's folder name
-    ("supervised on source" for source/train, "MoCo v2 on target" for target/train/annotations.json)."""
-    if cfg.label:
-        return cfg.label
-    where = Path(cfg.data.train)
-    where = where.parent if where.suffix == ".json" else where
-    while where.name in ("train", "images", "val") and where.parent != where:
-        where = where.parent
-    return f"{METHOD_NAMES[cfg.method]} on {where.name or where}"
-
-
 def save_backbone(path: Path, model, cfg: PretrainConfig, top1: float) -> None:
     from safetensors.torch import save_file
 
@@ -252,7 +98,7 @@ def save_backbone(path: Path, model, cfg: PretrainConfig, top1: float) -> None:
                 "gn_groups": str(m.gn_groups), "top1": f"{top1:.2f}"}
     if m.backbone == "tiny":
         metadata.update(tiny_widths=",".join(map(str, m.tiny_widths)), tiny_depths=",".join(map(str, m.tiny_depths)))
-    state = body_state_dict(model)
+    state = bb.body_state_dict(model)
     atomic_save_with(path, lambda tmp: save_file(state, tmp, metadata=metadata))
 
 
@@ -267,7 +113,7 @@ def pretrain(cfg: PretrainConfig, out: Path, progress: bool = True, stop_after: 
     raised); running again resumes. For tests of resume, and for splitting a long run into time-limited jobs.
     """
     out = Path(out)
-    record_path = out / RECORD
+    record_path = out / PRETRAIN_RECORD
     config_dict = cfgmod.to_dict(cfg)
     cfgmod.check_run_dir(out, cfg, "a pre-training run")
     if record_path.exists():
@@ -276,8 +122,6 @@ def pretrain(cfg: PretrainConfig, out: Path, progress: bool = True, stop_after: 
             return record
         raise UserError(f"{record_path}: a finished pre-training with a different config; use another --out")
     if cfg.method != "supervised":  # learning without labels: engine/selfsup.py, in the same loop
-        from rethink.engine.selfsup import pretrain_selfsup
-
         return pretrain_selfsup(cfg, out, config_dict, progress, stop_after)
 
     run_start = time.perf_counter()
@@ -293,7 +137,7 @@ def pretrain(cfg: PretrainConfig, out: Path, progress: bool = True, stop_after: 
     bb.init_random(model)
     model.to(device)
     optimizer = torch.optim.SGD(param_groups(model, s.weight_decay, s.weight_decay_norm), lr=0.0, momentum=s.momentum)
-    base_lr = sched.scaled_lr(s.base_lr, s.batch_size, REFERENCE_BATCH)
+    base_lr = sched.scaled_lr(s.base_lr, s.batch_size, PRETRAIN_REFERENCE_BATCH)
     start_iter, state, _ = open_run(out)
     steps = PretrainSteps(cfg, out, model, optimizer, train_set, val_set, cached, device, start_iter, state, run_start)
     del state
@@ -301,13 +145,13 @@ def pretrain(cfg: PretrainConfig, out: Path, progress: bool = True, stop_after: 
                       cfg.checkpoint_period, keep_last=1)  # the newest is all a resume needs
 
     def get_lr(it: int) -> float:  # a pure function of the iteration
-        return cosine_lr(it, base_lr, s.warmup_iters, s.iters)
+        return sched.cosine_lr(it, base_lr, s.warmup_iters, s.iters)
 
     run_loop(steps, optimizer, get_lr, out, start_iter, periods, progress=progress, stop_after=stop_after)
 
     # The last iteration always evaluates before its checkpoint is written, so a run killed after that checkpoint
     # but before its record resumes here with the final evaluation restored from the checkpoint.
-    save_backbone(out / WEIGHTS, model, cfg, steps.last_eval["top1"])
+    save_backbone(out / PRETRAIN_WEIGHTS, model, cfg, steps.last_eval["top1"])
     record = steps.record(len(train_set), len(val_set), cached, config_dict)
     atomic_write_json(record_path, record)  # last: its presence means the run is complete
     return record
@@ -442,5 +286,5 @@ class PretrainSteps:
             "img_per_s": self.counts["images_seen"] / train_s if train_s > 0 else 0.0,
             "data_fraction": times["data_time_s"] / train_s if train_s > 0 else 0.0,
             "cached_images": cached, "device": self.device.type, "threads": torch.get_num_threads(),
-            "weights": WEIGHTS, "config": config_dict, "classes": self.train_set.classes,
+            "weights": PRETRAIN_WEIGHTS, "config": config_dict, "classes": self.train_set.classes,
         }

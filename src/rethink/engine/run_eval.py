@@ -6,10 +6,10 @@ from pathlib import Path
 import torch
 
 from rethink.config import RunConfig
+from rethink.data.coco import load_datasets
 from rethink.engine import checkpoint as ckpt
 from rethink.engine.evaluate import evaluate
 from rethink.engine.loop import amp_dtype, resolve_device
-from rethink.engine.train import load_datasets
 from rethink.errors import UserError
 from rethink.models.detector import build_detector
 

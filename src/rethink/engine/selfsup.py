@@ -31,7 +31,6 @@ in every checkpoint.
 """
 
 import copy
-import json
 import math
 import sys
 import time
@@ -46,81 +45,21 @@ from tqdm import tqdm
 
 from rethink import config as cfgmod
 from rethink import schedule as sched
-from rethink.config import PretrainConfig
+from rethink.config import PRETRAIN_RECORD, PRETRAIN_REFERENCE_BATCH, PRETRAIN_WEIGHTS, PretrainConfig, source_label
+from rethink.data.images import ImageSet, UnlabelledImages, list_images, use_cache
 from rethink.data.sampling import InfiniteSampler
 from rethink.engine import checkpoint as ckpt
 from rethink.engine.loop import Periods, amp_dtype, open_run, param_groups, run_loop, setup_device
-from rethink.engine.pretrain import (CACHE_AUTO_BYTES, REFERENCE_BATCH, RECORD, WEIGHTS, ImageSet, Normalize,
-                                     body_state_dict, cosine_lr, decode_images, read_image, source_label)
 from rethink.errors import RunFailed, UserError
 from rethink.fileio import atomic_save_with, atomic_write_json, atomic_write_text
 from rethink.models import backbone as bb
-from rethink.models.detector import IMAGE_MEAN, IMAGE_STD
+from rethink.models.detector import IMAGE_MEAN, IMAGE_STD, Normalize
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm")
 VIEWS = 2  # both views of every image go through an encoder: the pixels counted per image
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # data
-
-
-def list_images(cfg: PretrainConfig) -> list[Path]:
-    """The training images: every image file under a folder (sorted, nested folders included), or the images a
-    COCO file lists (its annotations unused). Errors name the path."""
-    d = cfg.data
-    train = Path(d.train)
-    if train.suffix == ".json":
-        if not train.is_file():
-            raise UserError(f"data.train: {train} not found")
-        try:
-            coco = json.loads(train.read_text())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise UserError(f"data.train: {train} is not a readable COCO file ({e})") from None
-        entries = coco.get("images") if isinstance(coco, dict) else None
-        if not isinstance(entries, list) or not all(isinstance(e, dict) and "file_name" in e for e in entries):
-            raise UserError(f"data.train: {train} has no `images` list with file_name entries")
-        folder = Path(d.train_images)
-        if not folder.is_dir():
-            raise UserError(f"data.train_images: folder {folder} not found")
-        paths = [folder / e["file_name"] for e in entries]  # in the file's order
-        missing = [p for p in paths if not p.is_file()]
-        if missing:
-            raise UserError(f"data.train_images: {missing[0]} not found ({len(missing)} of the images {train} lists)")
-        where = f"{train} (images in {folder})"
-    elif train.is_dir():
-        paths = sorted(p for p in train.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
-        where = str(train)
-    else:
-        raise UserError(f"data.train: {train} not found")
-    if not paths:
-        raise UserError(f"data.train: {where} holds no images ({', '.join(IMAGE_SUFFIXES)})")
-    if len(paths) < cfg.solver.batch_size:
-        raise UserError(f"data.train: {where} holds {len(paths)} images, fewer than one batch "
-                        f"(solver.batch_size={cfg.solver.batch_size})")
-    return paths
-
-
-class UnlabelledImages:
-    """Training images as uint8 (3, size, size), decoded once into memory or read per batch."""
-
-    def __init__(self, paths: list[Path], size: int):
-        self.paths, self.size = paths, size
-        self.images: torch.Tensor | None = None
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def nbytes(self) -> int:
-        return len(self) * 3 * self.size * self.size
-
-    def decode_all(self, progress: bool = False) -> None:
-        self.images = decode_images(self.paths, self.size, "decode train", progress)
-
-    def batch(self, index: list[int]) -> torch.Tensor:
-        if self.images is not None:
-            return self.images[torch.tensor(index)]
-        return torch.stack([torch.from_numpy(read_image(self.paths[i], self.size)).permute(2, 0, 1) for i in index])
 
 
 class ViewBatches(torch.utils.data.Dataset):
@@ -252,7 +191,7 @@ def pretrain_selfsup(cfg: PretrainConfig, out: Path, config_dict: dict, progress
         if len(val_set.classes) < 2 or len(val_set) < 4:
             raise UserError(f"data.val: {d.val} needs 2+ class folders and 4+ images for a kNN accuracy")
         val_set.decode_all(progress)
-    cached = d.cache_images == "yes" or (d.cache_images == "auto" and train_set.nbytes() <= CACHE_AUTO_BYTES)
+    cached = use_cache(d.cache_images, train_set.nbytes())
     if cached:
         train_set.decode_all(progress)  # an unreadable image fails here, before any training
     out.mkdir(parents=True, exist_ok=True)
@@ -265,7 +204,7 @@ def pretrain_selfsup(cfg: PretrainConfig, out: Path, config_dict: dict, progress
     key = copy.deepcopy(query)
     deactivate_requires_grad(key)  # the key encoder only follows the query encoder's moving average
     optimizer = torch.optim.SGD(param_groups(query, s.weight_decay, s.weight_decay_norm), lr=0.0, momentum=s.momentum)
-    base_lr = sched.scaled_lr(s.base_lr, s.batch_size, REFERENCE_BATCH)
+    base_lr = sched.scaled_lr(s.base_lr, s.batch_size, PRETRAIN_REFERENCE_BATCH)
     start_iter, state, _ = open_run(out)
     steps = SelfSupSteps(cfg, out, query, key, optimizer, train_set, val_set, device, start_iter, state, run_start)
     del state
@@ -273,13 +212,13 @@ def pretrain_selfsup(cfg: PretrainConfig, out: Path, config_dict: dict, progress
                       cfg.checkpoint_period, keep_last=1)
 
     def get_lr(it: int) -> float:
-        return cosine_lr(it, base_lr, s.warmup_iters, s.iters)
+        return sched.cosine_lr(it, base_lr, s.warmup_iters, s.iters)
 
     run_loop(steps, optimizer, get_lr, out, start_iter, periods, progress=progress, stop_after=stop_after)
 
-    save_backbone(out / WEIGHTS, query.backbone, cfg, steps.last_eval)
+    save_backbone(out / PRETRAIN_WEIGHTS, query.backbone, cfg, steps.last_eval)
     record = steps.record(len(train_set), len(val_set) if val_set is not None else 0, cached, config_dict)
-    atomic_write_json(out / RECORD, record)  # last: its presence means the run is complete
+    atomic_write_json(out / PRETRAIN_RECORD, record)  # last: its presence means the run is complete
     return record
 
 
@@ -293,7 +232,7 @@ def save_backbone(path: Path, backbone, cfg: PretrainConfig, last_eval: dict) ->
         metadata["knn_top1"] = f"{last_eval['knn_top1']:.2f}"
     if m.backbone == "tiny":
         metadata.update(tiny_widths=",".join(map(str, m.tiny_widths)), tiny_depths=",".join(map(str, m.tiny_depths)))
-    state = body_state_dict(backbone)
+    state = bb.body_state_dict(backbone)
     atomic_save_with(path, lambda tmp: save_file(state, tmp, metadata=metadata))
 
 
@@ -466,5 +405,5 @@ class SelfSupSteps:
             "img_per_s": self.counts["images_seen"] / train_s if train_s > 0 else 0.0,
             "data_fraction": times["data_time_s"] / train_s if train_s > 0 else 0.0,
             "cached_images": cached, "device": self.device.type, "threads": torch.get_num_threads(),
-            "weights": WEIGHTS, "config": config_dict,
+            "weights": PRETRAIN_WEIGHTS, "config": config_dict,
         }

@@ -16,9 +16,8 @@ import torch
 from rethink import config as cfgmod
 from rethink import schedule as sched
 from rethink.config import RunConfig
-from rethink.data.coco import CocoDetection, collate, subset_image_ids, val_image_ids
+from rethink.data.coco import collate, load_datasets
 from rethink.data.sampling import InfiniteSampler, keyed_samplers, keyed_scale_choice
-from rethink.data.validate import check_coco, check_pair, check_train_size
 from rethink.engine import checkpoint as ckpt
 from rethink.engine import distributed
 from rethink.engine.evaluate import evaluate
@@ -26,20 +25,6 @@ from rethink.engine.loop import Periods, amp_dtype, open_run, param_groups, run_
 from rethink.errors import RunFailed, UserError
 from rethink.fileio import append_jsonl, atomic_write_json, atomic_write_text, read_json, read_jsonl
 from rethink.models.detector import build_detector, init_from_source, set_mode_sizes
-
-
-def load_datasets(cfg: RunConfig):
-    """Validate both splits (clear errors before any training) and build the datasets."""
-    d = cfg.data
-    with_masks = cfg.model.detector == "mask_rcnn"
-    train_check = check_coco(Path(d.train.images), Path(d.train.annotations), role="train", require_masks=with_masks)
-    val_check = check_coco(Path(d.val.images), Path(d.val.annotations), role="val", require_masks=with_masks)
-    check_train_size(train_check, d.train_size)
-    check_pair(train_check, val_check)
-    train_ids = subset_image_ids(train_check, d.train_size, d.subset_seed)
-    train_set = CocoDetection(train_check, train_ids, with_masks, d.cache_images, train=True)
-    val_set = CocoDetection(val_check, val_image_ids(val_check, d.val_size), with_masks, d.cache_images, train=False)
-    return train_set, val_set, train_check, val_check
 
 
 def _finished(out: Path) -> dict | None:

@@ -14,8 +14,8 @@ from torch import nn
 from torchvision.models import resnet as tv_resnet
 from torchvision.ops import FrozenBatchNorm2d
 
-from rethink.engine.checkpoint import UNREADABLE, load_failure
-from rethink.errors import UserError, reason
+from rethink.errors import UNREADABLE, UserError, reason
+from rethink.fileio import load_failure
 
 NORM_TYPES = (nn.GroupNorm, nn.BatchNorm2d, nn.SyncBatchNorm, FrozenBatchNorm2d)
 
@@ -397,3 +397,8 @@ def norm_parameter_ids(model: nn.Module) -> set:
             for p in m.parameters(recurse=False):
                 ids.add(id(p))
     return ids
+
+
+def body_state_dict(model) -> dict:
+    """The backbone body's tensors: everything but the classifier, under the keys a detector body uses."""
+    return {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items() if not k.startswith("fc.")}

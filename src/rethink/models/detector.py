@@ -157,3 +157,16 @@ def init_from_source(model: nn.Module, init: str, m: ModelConfig, imagenet_weigh
     else:
         state, source = bb.read_weights_file(init), init
     return bb.load_backbone_weights(body, state, source, allow_bn_stats)
+
+
+class Normalize:
+    """uint8 batch -> float input with the detector's ImageNet mean/std, so features transfer as they are."""
+
+    def __init__(self, device: torch.device):
+        std = torch.tensor(IMAGE_STD, device=device).view(1, 3, 1, 1)
+        mean = torch.tensor(IMAGE_MEAN, device=device).view(1, 3, 1, 1)
+        self.scale = 1.0 / (255.0 * std)
+        self.shift = mean / std
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        return images.float().mul_(self.scale).sub_(self.shift)

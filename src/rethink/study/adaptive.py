@@ -33,7 +33,9 @@ from rethink.engine import checkpoint as ckpt
 from rethink.errors import UserError
 from rethink.fileio import atomic_write_json, read_json
 from rethink.study import store
-from rethink.study.forecast import AP_MAX
+from rethink.study.forecast import AP_MAX, forecast_study
+from rethink.study.results import load_results
+from rethink.study.run import run_local
 
 SEGMENTS = (0.3, 0.4, 0.5, 0.6, 0.8)  # shares of each trunk's iterations after which the study forecasts
 DECISIONS = "adaptive.json"
@@ -127,10 +129,6 @@ def _group_of(spec) -> tuple:
 
 def run_adaptive(plan, study_dir: Path, jobs: int, progress: bool = True) -> dict:
     """Run `plan` adaptively in `study_dir` (module docstring); returns {name: error} as run_local does."""
-    from rethink.study.results import load_results
-    from rethink.study.forecast import forecast_study
-    from rethink.study.run import run_local
-
     study_dir = Path(study_dir)
     state = read_json(study_dir / DECISIONS) if (study_dir / DECISIONS).exists() else {"decisions": []}
     settled = {_group_of_decision(d) for d in state["decisions"]}
