@@ -125,7 +125,7 @@ def test_resume_gives_the_uninterrupted_result(reference, data_root, tmp_path):
     cfg, ref_out, record = reference
     out = tmp_path / "run"
     with pytest.raises(Interrupted, match="iteration 13"):
-        pretrain(cfg, out, progress=False, stop_after=13)
+        pretrain(cfg, out, progress=False, stop_at=13)
     assert not (out / "pretrain.json").exists()
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["iter_0000013.pt"]
     resumed = pretrain(cfg, out, progress=False)

@@ -128,7 +128,7 @@ def test_resume_gives_the_uninterrupted_result(bank_reference, tmp_path):
     out = tmp_path / "run"
     config = pretrain_config_from_dict(cfg)
     with pytest.raises(Interrupted, match="iteration 13"):
-        pretrain(config, out, progress=False, stop_after=13)
+        pretrain(config, out, progress=False, stop_at=13)
     resumed = pretrain(config, out, progress=False)
     a, b = load_file(str(ref_out / "backbone.safetensors")), load_file(str(out / "backbone.safetensors"))
     assert set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a)

@@ -7,17 +7,24 @@ run directory is the only state. What both trainings do the same way lives here:
 - where a run starts (`open_run`): its own last checkpoint, else a trunk's fork point, else iteration 0, with
   metrics.jsonl cut back to that iteration (lines logged after the checkpoint are redone by the resume);
 - the loop itself (`run_loop`): set the LR, one step, then the periodic log line, evaluation and checkpoint, and
-  the stop checks (SIGINT/SIGTERM, submitit's SIGUSR2, `stop_after`), with the progress bar and the event log
-  closed on every exit.
+  the stop checks (SIGINT/SIGTERM, submitit's SIGUSR2, `stop_at`), with the training's data workers, the progress
+  bar and the event log closed on every exit;
+- what every training keeps the same way: the sums of the current log period (`PeriodMeter`), the run's wall,
+  training, data and evaluation seconds across resumes (`RunClock`), both checkpointed, and the restore of a
+  checkpoint's modules, optimizer and RNG state (`restore`).
 
-A training supplies its setup and a `Steps` object: `step(it, log_now)` does one iteration (data, forward,
-backward, update); `log_row(done, lr)` the training line for the period that ends at `done`; `evaluate(done)` the
-evaluation line; `state_dict(done)` everything a resume needs, saved as one checkpoint.
+A training supplies its setup and a `Steps` object: `step(it)` does one iteration (data, forward, backward,
+update); `log_row(done, lr)` the training line for the period that ends at `done`; `evaluate(done)` the
+evaluation line; `state_dict(done)` everything a resume needs, saved as one checkpoint; `close()` releases what
+the training holds (data workers, hooks). The loop reads no key of those lines except the ones the training
+names for the progress bar (`shown`, `headline`).
 """
 
+import math
 import os
 import signal
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Protocol
@@ -183,10 +190,82 @@ class Periods:
     keep_iters: tuple[int, ...] = ()
 
 
-class Steps(Protocol):
-    headline: str  # the evaluation metric the progress bar prints
+class PeriodMeter:
+    """The sums over the current log period: iterations, images, step and data seconds, and the training's own
+    values (its loss terms, correct predictions...). Values may be device tensors, summed without a CPU-GPU sync;
+    they are read once per log line. Checkpointed with the run, so a resumed run logs the lines of an uninterrupted
+    one."""
 
-    def step(self, it: int, log_now: bool) -> None: ...
+    def __init__(self, state: dict | None = None):
+        self.reset()
+        if state:
+            self.iters, self.images = int(state["iters"]), int(state["images"])
+            self.time_s, self.data_s = float(state["time_s"]), float(state["data_s"])
+            # a checkpoint written before the sums had their own key kept them beside the counts
+            base = ("iters", "images", "time_s", "data_s")
+            self.sums = dict(state.get("sums", {k: v for k, v in state.items() if k not in base}))
+
+    def reset(self) -> None:
+        self.iters, self.images, self.time_s, self.data_s = 0, 0, 0.0, 0.0
+        self.sums: dict = {}
+
+    def add(self, images: int, time_s: float, data_s: float, **values) -> None:
+        self.iters += 1
+        self.images += images
+        self.time_s += time_s
+        self.data_s += data_s
+        for key, value in values.items():
+            self.sums[key] = self.sums.get(key, 0) + value
+
+    def mean(self, key: str) -> float:
+        """A value's mean per iteration over the period."""
+        return float(self.sums.get(key, 0.0)) / self.iters if self.iters else math.nan
+
+    def rates(self) -> dict:
+        """Images per second of iteration time (data + step, not logging, evaluation or checkpoints), and the share
+        of it spent waiting for data."""
+        return {"img_per_s": self.images / self.time_s if self.time_s > 0 else 0.0,
+                "data_fraction": self.data_s / self.time_s if self.time_s > 0 else 0.0}
+
+    def state_dict(self) -> dict:
+        return {"iters": self.iters, "images": self.images, "time_s": self.time_s, "data_s": self.data_s,
+                "sums": {k: v.item() if torch.is_tensor(v) else v for k, v in self.sums.items()}}
+
+
+class RunClock:
+    """A run's seconds across its resumes: wall (from the process's start), training, data and evaluation."""
+
+    KEYS = ("wall_time_s", "train_time_s", "data_time_s", "eval_time_s")
+
+    def __init__(self, state: dict | None = None, start: float | None = None):
+        self.before = {k: float((state or {}).get(k, 0.0)) for k in self.KEYS}
+        self.start = time.perf_counter() if start is None else start
+
+    def add(self, key: str, seconds: float) -> None:
+        self.before[key] += seconds
+
+    def segment_s(self) -> float:
+        """Wall seconds of this process's segment of the run."""
+        return time.perf_counter() - self.start
+
+    def elapsed(self) -> dict:
+        return {**self.before, "wall_time_s": self.before["wall_time_s"] + self.segment_s()}
+
+
+def restore(state: dict, modules: dict, optimizer) -> None:
+    """Load a checkpoint into a training: each module's weights (`modules`: checkpoint key -> module), the
+    optimizer, and the RNG states, which the data and draws of the next iterations depend on."""
+    for key, module in modules.items():
+        module.load_state_dict(state[key])
+    optimizer.load_state_dict(state["optimizer"])
+    ckpt.set_rng_state(state["rng"])
+
+
+class Steps(Protocol):
+    headline: str  # the evaluation line's key the progress bar prints
+    shown: tuple[str, ...]  # the training line's keys the progress bar shows
+
+    def step(self, it: int) -> None: ...
 
     def log_row(self, done: int, lr: float) -> dict | None: ...
 
@@ -194,12 +273,15 @@ class Steps(Protocol):
 
     def state_dict(self, done: int) -> dict: ...
 
+    def close(self) -> None: ...
+
 
 def run_loop(steps: Steps, optimizer, get_lr: Callable[[int], float], out: Path, start_iter: int, periods: Periods,
-             *, progress: bool = True, world_size: int = 1, device=None, stop_after: int | None = None) -> None:
+             *, progress: bool = True, world_size: int = 1, device=None, stop_at: int | None = None) -> None:
     """Iterations start_iter..max_iter-1 of one run; returns when the last is done and checkpointed.
 
-    Raises Interrupted after saving a checkpoint when a signal (or `stop_after`) stops it early. With several
+    Raises Interrupted after saving a checkpoint when a signal (or `stop_at`: stop once this iteration is done)
+    stops it early. With several
     processes every one of them takes the same stop decision, at the same iteration.
     """
     is_main = distributed.is_main()
@@ -214,14 +296,14 @@ def run_loop(steps: Steps, optimizer, get_lr: Callable[[int], float], out: Path,
                     group["lr"] = lr
                 done = it + 1
                 log_now = done % periods.log == 0 or done == periods.max_iter
-                steps.step(it, log_now)
+                steps.step(it)
                 bar.update(1)
 
                 row = steps.log_row(done, lr) if log_now else None
                 if row is not None:
                     if log is not None:
                         log.write(row)
-                    bar.set_postfix(loss=f"{row['loss']:.3f}", lr=f"{lr:.3g}", img_s=f"{row['img_per_s']:.1f}")
+                    bar.set_postfix({k: f"{row[k]:.4g}" for k in steps.shown if row.get(k) is not None})
                 if done in periods.evals:
                     row = steps.evaluate(done)
                     if log is not None:
@@ -233,7 +315,7 @@ def run_loop(steps: Steps, optimizer, get_lr: Callable[[int], float], out: Path,
                     # a signal reaches the processes at different iterations; one that stopped alone would leave
                     # the others waiting in a collective
                     stop = distributed.all_reduce_sum([1.0 if stop else 0.0], device)[0] > 0
-                asked = stop_after is not None and done >= stop_after
+                asked = stop_at is not None and done >= stop_at
                 if (done % periods.checkpoint == 0 or done in periods.keep_iters or done == periods.max_iter
                         or stop or asked):
                     state = steps.state_dict(done)
@@ -242,10 +324,11 @@ def run_loop(steps: Steps, optimizer, get_lr: Callable[[int], float], out: Path,
                     distributed.barrier()
                 if (stop or asked) and done < periods.max_iter:
                     signals.hand_over()  # under submitit on SIGUSR2: requeued, resumes from the checkpoint just saved
-                    why = signals.stop or (f"stop_after={stop_after}" if asked else "a signal to another process")
+                    why = signals.stop or (f"stop_at={stop_at}" if asked else "a signal to another process")
                     raise Interrupted(f"{out}: stopped by {why} at iteration {done}; checkpoint saved, "
                                       "run the same command to resume")
     finally:
+        steps.close()
         bar.close()
         if log is not None:
             log.close()

@@ -37,7 +37,8 @@ from rethink.config import PRETRAIN_RECORD, PRETRAIN_REFERENCE_BATCH, PRETRAIN_W
 from rethink.data.images import ImageSet, augment, collate_items, load_splits
 from rethink.data.sampling import InfiniteSampler
 from rethink.engine import checkpoint as ckpt
-from rethink.engine.loop import Periods, amp_dtype, open_run, param_groups, run_loop, setup_device
+from rethink.engine.loop import (Periods, PeriodMeter, RunClock, amp_dtype, open_run, param_groups, restore, run_loop,
+                                 setup_device)
 from rethink.engine.selfsup import pretrain_selfsup
 from rethink.errors import RunFailed, UserError
 from rethink.fileio import atomic_save_with, atomic_write_json, atomic_write_text, read_json
@@ -106,10 +107,10 @@ def save_backbone(path: Path, model, cfg: PretrainConfig, top1: float) -> None:
 # the run
 
 
-def pretrain(cfg: PretrainConfig, out: Path, progress: bool = True, stop_after: int | None = None) -> dict:
+def pretrain(cfg: PretrainConfig, out: Path, progress: bool = True, stop_at: int | None = None) -> dict:
     """Pre-train (or resume, or skip if finished) the backbone of `cfg` in `out`; returns pretrain.json's content.
 
-    stop_after: stop once this many iterations are done, exactly as SIGINT would (checkpoint saved, Interrupted
+    stop_at: stop once this iteration is done, exactly as SIGINT would (checkpoint saved, Interrupted
     raised); running again resumes. For tests of resume, and for splitting a long run into time-limited jobs.
     """
     out = Path(out)
@@ -122,7 +123,7 @@ def pretrain(cfg: PretrainConfig, out: Path, progress: bool = True, stop_after: 
             return record
         raise UserError(f"{record_path}: a finished pre-training with a different config; use another --out")
     if cfg.method != "supervised":  # learning without labels: engine/selfsup.py, in the same loop
-        return pretrain_selfsup(cfg, out, config_dict, progress, stop_after)
+        return pretrain_selfsup(cfg, out, config_dict, progress, stop_at)
 
     run_start = time.perf_counter()
     device = setup_device(cfg.device, cfg.model.norm, cfg.threads, cfg.deterministic)
@@ -147,7 +148,7 @@ def pretrain(cfg: PretrainConfig, out: Path, progress: bool = True, stop_after: 
     def get_lr(it: int) -> float:  # a pure function of the iteration
         return sched.cosine_lr(it, base_lr, s.warmup_iters, s.iters)
 
-    run_loop(steps, optimizer, get_lr, out, start_iter, periods, progress=progress, stop_after=stop_after)
+    run_loop(steps, optimizer, get_lr, out, start_iter, periods, progress=progress, stop_at=stop_at)
 
     # The last iteration always evaluates before its checkpoint is written, so a run killed after that checkpoint
     # but before its record resumes here with the final evaluation restored from the checkpoint.
@@ -165,26 +166,21 @@ class PretrainSteps:
     """
 
     headline = "top1"
+    shown = ("loss", "lr", "img_per_s")
 
     def __init__(self, cfg: PretrainConfig, out: Path, model, optimizer, train_set, val_set, cached: bool, device,
                  start_iter: int, state: dict | None, run_start: float):
         self.cfg, self.out, self.model, self.optimizer, self.device = cfg, out, model, optimizer, device
-        self.train_set, self.val_set, self.cached, self.run_start = train_set, val_set, cached, run_start
+        self.train_set, self.val_set, self.cached = train_set, val_set, cached
         self.dtype = amp_dtype(device, cfg.solver.amp)
         self.counts = {"images_seen": 0, "pixels_seen": 0}
-        self.times = {"wall_time_s": 0.0, "train_time_s": 0.0, "data_time_s": 0.0, "eval_time_s": 0.0}
         self.last_eval = None
-        # Sums over the current log period; checkpointed too, so a resumed run logs the same lines.
-        period = {"iters": 0, "images": 0, "loss": 0.0, "correct": 0, "time_s": 0.0, "data_s": 0.0}
         if state is not None:
-            model.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            ckpt.set_rng_state(state["rng"])
+            restore(state, {"model": model}, optimizer)
             self.counts.update(state["counts"])
-            self.times.update(state["times"])
             self.last_eval = state.get("last_eval")
-            period.update(state["period"])
-        self._start_period(period)
+        self.period = PeriodMeter(state["period"] if state is not None else None)
+        self.clock = RunClock(state["times"] if state is not None else None, run_start)
         d = cfg.data
         self.sampler = InfiniteSampler(len(train_set), cfg.solver.batch_size, cfg.seed, d.hflip_prob, start_iter)
         self.data_iter = None
@@ -198,12 +194,6 @@ class PretrainSteps:
         self.criterion = torch.nn.CrossEntropyLoss(label_smoothing=cfg.solver.label_smoothing)
         model.train()
 
-    def _start_period(self, period: dict) -> None:
-        self.period = period
-        # Summed on the device: no CPU-GPU sync per iteration, only at log time.
-        self.loss_sum = torch.tensor(period["loss"], dtype=torch.float64, device=self.device)
-        self.correct_sum = torch.tensor(period["correct"], dtype=torch.int64, device=self.device)
-
     def _batch(self, it: int):
         if self.cached:
             batch = self.sampler.batch(it)
@@ -216,7 +206,7 @@ class PretrainSteps:
         images = augment(images, flips, self.cfg.data.crop_padding, crops)
         return self.normalize(images.to(self.device, non_blocking=True)), labels.to(self.device, non_blocking=True)
 
-    def step(self, it: int, log_now: bool) -> None:
+    def step(self, it: int) -> None:
         t_iter = time.perf_counter()
         images, labels = self._batch(it)
         data_s = time.perf_counter() - t_iter
@@ -229,53 +219,46 @@ class PretrainSteps:
         # Throughput counts the iterations themselves (data + step), not logging, evaluation or checkpoints.
         # On CPU the step is done here; on CUDA the sum over many iterations is still right (queue back-pressure).
         step_s = time.perf_counter() - t_iter
-        self.times["train_time_s"] += step_s
-        self.times["data_time_s"] += data_s
+        self.clock.add("train_time_s", step_s)
+        self.clock.add("data_time_s", data_s)
         n = len(labels)
         size = self.cfg.data.image_size
         self.counts["images_seen"] += n
         self.counts["pixels_seen"] += n * size * size
-        self.loss_sum += loss.detach().double()
-        self.correct_sum += (logits.detach().argmax(1) == labels).sum()
-        self.period["iters"] += 1
-        self.period["images"] += n
-        self.period["time_s"] += step_s
-        self.period["data_s"] += data_s
+        # summed on the device: no CPU-GPU sync per iteration, only at log time
+        self.period.add(n, step_s, data_s, loss=loss.detach().double(),
+                        correct=(logits.detach().argmax(1) == labels).sum())
 
     def log_row(self, done: int, lr: float) -> dict:
         p = self.period
-        mean_loss = float(self.loss_sum) / p["iters"]
+        mean_loss = p.mean("loss")
         if not math.isfinite(mean_loss):
-            raise RunFailed(f"{self.out}: non-finite loss between iterations {done - p['iters'] + 1} and {done}; "
+            raise RunFailed(f"{self.out}: non-finite loss between iterations {done - p.iters + 1} and {done}; "
                             "lower solver.base_lr or lengthen solver.warmup_iters")
         row = {"type": "train", "iter": done, "loss": mean_loss, "lr": lr,
-               "train_top1": 100.0 * int(self.correct_sum) / p["images"],
-               "img_per_s": p["images"] / p["time_s"] if p["time_s"] > 0 else 0.0,
-               "data_fraction": p["data_s"] / p["time_s"] if p["time_s"] > 0 else 0.0,
-               **self.counts}
-        self._start_period({"iters": 0, "images": 0, "loss": 0.0, "correct": 0, "time_s": 0.0, "data_s": 0.0})
+               "train_top1": 100.0 * int(p.sums["correct"]) / p.images, **p.rates(), **self.counts}
+        p.reset()
         return row
 
     def evaluate(self, done: int) -> dict:
         t0 = time.perf_counter()
         self.last_eval = evaluate_top1(self.model, self.val_set, self.normalize, self.device,
                                        self.cfg.solver.batch_size, self.cfg.data.num_workers, self.dtype)
-        self.times["eval_time_s"] += time.perf_counter() - t0
+        self.clock.add("eval_time_s", time.perf_counter() - t0)
         return {"type": "eval", "iter": done, **self.last_eval}
 
-    def elapsed_times(self) -> dict:
-        return {**self.times, "wall_time_s": self.times["wall_time_s"] + time.perf_counter() - self.run_start}
+    def close(self) -> None:
+        self.data_iter = None  # a DataLoader iterator shuts its workers down when it goes
 
     def state_dict(self, done: int) -> dict:
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(), "iter": done,
-                "rng": ckpt.rng_state(), "counts": dict(self.counts), "times": self.elapsed_times(),
-                "last_eval": self.last_eval,
-                "period": {**self.period, "loss": float(self.loss_sum), "correct": int(self.correct_sum)},
+                "rng": ckpt.rng_state(), "counts": dict(self.counts), "times": self.clock.elapsed(),
+                "last_eval": self.last_eval, "period": self.period.state_dict(),
                 "config": cfgmod.to_dict(self.cfg)}
 
     def record(self, train_images: int, val_images: int, cached: bool, config_dict: dict) -> dict:
         """pretrain.json: the final top-1 and what the pre-training cost (the paper counts it)."""
-        s, times = self.cfg.solver, self.elapsed_times()
+        s, times = self.cfg.solver, self.clock.elapsed()
         train_s = times["train_time_s"]
         return {
             "method": self.cfg.method, "label": source_label(self.cfg),

@@ -49,7 +49,8 @@ from rethink.config import PRETRAIN_RECORD, PRETRAIN_REFERENCE_BATCH, PRETRAIN_W
 from rethink.data.images import ImageSet, UnlabelledImages, list_images, use_cache
 from rethink.data.sampling import InfiniteSampler
 from rethink.engine import checkpoint as ckpt
-from rethink.engine.loop import Periods, amp_dtype, open_run, param_groups, run_loop, setup_device
+from rethink.engine.loop import (Periods, PeriodMeter, RunClock, amp_dtype, open_run, param_groups, restore, run_loop,
+                                 setup_device)
 from rethink.errors import RunFailed, UserError
 from rethink.fileio import atomic_save_with, atomic_write_json, atomic_write_text
 from rethink.models import backbone as bb
@@ -173,7 +174,7 @@ def embedding_spread(z: torch.Tensor) -> float:
 
 
 def pretrain_selfsup(cfg: PretrainConfig, out: Path, config_dict: dict, progress: bool = True,
-                     stop_after: int | None = None) -> dict:
+                     stop_at: int | None = None) -> dict:
     """Pre-train (or resume) without labels in `out`; returns pretrain.json's content. Called by
     engine.pretrain.pretrain, which has already returned a finished run's record."""
     from lightly.models.utils import deactivate_requires_grad
@@ -214,7 +215,7 @@ def pretrain_selfsup(cfg: PretrainConfig, out: Path, config_dict: dict, progress
     def get_lr(it: int) -> float:
         return sched.cosine_lr(it, base_lr, s.warmup_iters, s.iters)
 
-    run_loop(steps, optimizer, get_lr, out, start_iter, periods, progress=progress, stop_after=stop_after)
+    run_loop(steps, optimizer, get_lr, out, start_iter, periods, progress=progress, stop_at=stop_at)
 
     save_backbone(out / PRETRAIN_WEIGHTS, query.backbone, cfg, steps.last_eval)
     record = steps.record(len(train_set), len(val_set) if val_set is not None else 0, cached, config_dict)
@@ -236,22 +237,18 @@ def save_backbone(path: Path, backbone, cfg: PretrainConfig, last_eval: dict) ->
     atomic_save_with(path, lambda tmp: save_file(state, tmp, metadata=metadata))
 
 
-def _new_period() -> dict:
-    return {"iters": 0, "images": 0, "loss": 0.0, "loss_global": 0.0, "loss_dense": 0.0, "spread": 0.0,
-            "time_s": 0.0, "data_s": 0.0}
-
-
 class SelfSupSteps:
     """One self-supervised iteration, and the log line, evaluation and checkpoint state the loop asks for."""
 
     headline = "knn_top1"
+    shown = ("loss", "lr", "img_per_s")
 
     def __init__(self, cfg: PretrainConfig, out: Path, query, key, optimizer, train_set: UnlabelledImages,
                  val_set: ImageSet | None, device, start_iter: int, state: dict | None, run_start: float):
         from lightly.loss import NTXentLoss
 
         self.cfg, self.out, self.query, self.key, self.optimizer = cfg, out, query, key, optimizer
-        self.train_set, self.val_set, self.device, self.run_start = train_set, val_set, device, run_start
+        self.train_set, self.val_set, self.device = train_set, val_set, device
         self.dtype = amp_dtype(device, cfg.solver.amp)
         x = cfg.ssl
         bank = (x.memory_bank_size, x.proj_dim) if x.memory_bank_size else 0
@@ -259,32 +256,26 @@ class SelfSupSteps:
         self.criterion_dense = (NTXentLoss(temperature=x.temperature, memory_bank_size=bank).to(device)
                                 if cfg.method == "densecl" else None)
         self.counts = {"images_seen": 0, "pixels_seen": 0}
-        self.times = {"wall_time_s": 0.0, "train_time_s": 0.0, "data_time_s": 0.0, "eval_time_s": 0.0}
         self.normalize = Normalize(device)
         self.headline = "knn_top1" if val_set is not None else "loss"
         # collapse: the first log period whose embedding spread fell below ssl.collapse_std, and the latest spread
         self.collapse = {"collapsed": False, "collapse_iter": None, "embedding_std": None}
-        period = _new_period()
+        self.period = PeriodMeter(state["period"] if state is not None else None)
+        self.clock = RunClock(state["times"] if state is not None else None, run_start)
         if state is not None:
-            query.load_state_dict(state["query"])
-            key.load_state_dict(state["key"])
-            optimizer.load_state_dict(state["optimizer"])
+            restore(state, {"query": query, "key": key}, optimizer)
             for criterion, banks in zip(self._criteria(), state["banks"]):
                 criterion.memory_bank.bank.copy_(banks["bank"])
                 criterion.memory_bank.bank_ptr.copy_(banks["bank_ptr"])
-            ckpt.set_rng_state(state["rng"])
             self.counts.update(state["counts"])
-            self.times.update(state["times"])
             self.collapse.update(state["collapse"])
             self.last_eval, self.knn_init, self.last_loss = state["last_eval"], state["knn_init"], state["last_loss"]
-            period.update(state["period"])
         else:
             self.last_eval, self.last_loss = {}, None
             t0 = time.perf_counter()
             # random init's features: the baseline the pre-trained features must beat
             self.knn_init = self._knn() if val_set is not None else None
-            self.times["eval_time_s"] += time.perf_counter() - t0
-        self.period = period
+            self.clock.add("eval_time_s", time.perf_counter() - t0)
         sampler = InfiniteSampler(len(train_set), cfg.solver.batch_size, cfg.seed, 0.0, start_iter)
         self.batches = ViewBatches(train_set, sampler, build_transform(cfg), cfg.seed)
         self.data_iter = None
@@ -308,7 +299,7 @@ class SelfSupSteps:
         view_q, view_k = next(self.data_iter) if self.data_iter is not None else self.batches[it]
         return view_q.to(self.device, non_blocking=True), view_k.to(self.device, non_blocking=True)
 
-    def step(self, it: int, log_now: bool) -> None:
+    def step(self, it: int) -> None:
         from lightly.models.utils import select_most_similar, update_momentum
 
         t_iter = time.perf_counter()
@@ -331,42 +322,34 @@ class SelfSupSteps:
         loss.backward()
         self.optimizer.step()
         step_s = time.perf_counter() - t_iter
-        self.times["train_time_s"] += step_s
-        self.times["data_time_s"] += data_s
+        self.clock.add("train_time_s", step_s)
+        self.clock.add("data_time_s", data_s)
         n, size = len(view_q), self.cfg.data.image_size
         self.counts["images_seen"] += n
         self.counts["pixels_seen"] += n * VIEWS * size * size
-        p = self.period
         # float() syncs with the device once per iteration: negligible next to the CPU-side augmentation
-        p["loss"] += float(loss.detach())
-        p["loss_global"] += float(loss_global.detach())
-        p["loss_dense"] += float(loss_dense.detach()) if loss_dense is not None else 0.0
-        p["spread"] += embedding_spread(z_q)
-        p["iters"] += 1
-        p["images"] += n
-        p["time_s"] += step_s
-        p["data_s"] += data_s
+        self.period.add(n, step_s, data_s, loss=float(loss.detach()), loss_global=float(loss_global.detach()),
+                        loss_dense=float(loss_dense.detach()) if loss_dense is not None else 0.0,
+                        spread=embedding_spread(z_q))
 
     def log_row(self, done: int, lr: float) -> dict:
         p = self.period
-        mean_loss = p["loss"] / p["iters"]
+        mean_loss = p.mean("loss")
         if not math.isfinite(mean_loss):
-            raise RunFailed(f"{self.out}: non-finite loss between iterations {done - p['iters'] + 1} and {done}; "
+            raise RunFailed(f"{self.out}: non-finite loss between iterations {done - p.iters + 1} and {done}; "
                             "lower solver.base_lr or lengthen solver.warmup_iters")
-        spread = p["spread"] / p["iters"]
-        row = {"type": "train", "iter": done, "loss": mean_loss, "loss_global": p["loss_global"] / p["iters"], "lr": lr,
-               "embedding_std": spread,
-               "img_per_s": p["images"] / p["time_s"] if p["time_s"] > 0 else 0.0,
-               "data_fraction": p["data_s"] / p["time_s"] if p["time_s"] > 0 else 0.0, **self.counts}
+        spread = p.mean("spread")
+        row = {"type": "train", "iter": done, "loss": mean_loss, "loss_global": p.mean("loss_global"), "lr": lr,
+               "embedding_std": spread, **p.rates(), **self.counts}
         if self.criterion_dense is not None:
-            row["loss_dense"] = p["loss_dense"] / p["iters"]
+            row["loss_dense"] = p.mean("loss_dense")
         self.collapse["embedding_std"], self.last_loss = spread, mean_loss
         if spread < self.cfg.ssl.collapse_std and not self.collapse["collapsed"]:
             self.collapse.update(collapsed=True, collapse_iter=done)
             tqdm.write(f"{self.out}: warning: the embeddings have collapsed (std {spread:.3f} < ssl.collapse_std "
                        f"{self.cfg.ssl.collapse_std:g} at iteration {done}): all images map to nearly the same "
                        "vector; lower solver.base_lr or ssl.momentum, or raise ssl.temperature", file=sys.stderr)
-        self.period = _new_period()
+        p.reset()
         return row
 
     def evaluate(self, done: int) -> dict:
@@ -375,24 +358,24 @@ class SelfSupSteps:
                           "embedding_std": self.collapse["embedding_std"]}
         if self.val_set is None:  # no labels: the signal is the loss of the latest log period
             self.last_eval["loss"] = self.last_loss
-        self.times["eval_time_s"] += time.perf_counter() - t0
+        self.clock.add("eval_time_s", time.perf_counter() - t0)
         return {"type": "eval", "iter": done, **{k: v for k, v in self.last_eval.items() if v is not None}}
 
-    def elapsed_times(self) -> dict:
-        return {**self.times, "wall_time_s": self.times["wall_time_s"] + time.perf_counter() - self.run_start}
+    def close(self) -> None:
+        self.data_iter = None  # a DataLoader iterator shuts its workers down when it goes
 
     def state_dict(self, done: int) -> dict:
         return {"query": self.query.state_dict(), "key": self.key.state_dict(),
                 "optimizer": self.optimizer.state_dict(), "iter": done, "rng": ckpt.rng_state(),
                 "banks": [{"bank": c.memory_bank.bank.clone(), "bank_ptr": c.memory_bank.bank_ptr.clone()}
                           for c in self._criteria()],
-                "counts": dict(self.counts), "times": self.elapsed_times(), "collapse": dict(self.collapse),
+                "counts": dict(self.counts), "times": self.clock.elapsed(), "collapse": dict(self.collapse),
                 "last_eval": self.last_eval, "knn_init": self.knn_init, "last_loss": self.last_loss,
-                "period": dict(self.period), "config": cfgmod.to_dict(self.cfg)}
+                "period": self.period.state_dict(), "config": cfgmod.to_dict(self.cfg)}
 
     def record(self, train_images: int, val_images: int, cached: bool, config_dict: dict) -> dict:
         """pretrain.json: the signal (kNN accuracy, random init's, collapse) and what the pre-training cost."""
-        s, times = self.cfg.solver, self.elapsed_times()
+        s, times = self.cfg.solver, self.clock.elapsed()
         train_s = times["train_time_s"]
         return {
             "method": self.cfg.method, "label": source_label(self.cfg),

@@ -21,7 +21,8 @@ from rethink.data.sampling import InfiniteSampler, keyed_samplers, keyed_scale_c
 from rethink.engine import checkpoint as ckpt
 from rethink.engine import distributed
 from rethink.engine.evaluate import evaluate
-from rethink.engine.loop import Periods, amp_dtype, open_run, param_groups, run_loop, setup_device
+from rethink.engine.loop import (Periods, PeriodMeter, RunClock, amp_dtype, open_run, param_groups, restore, run_loop,
+                                 setup_device)
 from rethink.errors import RunFailed, UserError
 from rethink.fileio import append_jsonl, atomic_write_json, atomic_write_text, read_json, read_jsonl
 from rethink.models.detector import build_detector, init_from_source, set_mode_sizes
@@ -102,7 +103,7 @@ def train(cfg: RunConfig, out_dir, *, fork_from: Path | None = None, keep_iters=
         append_jsonl(out / "segments.jsonl", {"start_iter": start_iter, "resumed": how == "resumed",
                                               "forked": how == "forked", "world_size": world_size, "time": time.time()})
     steps = DetectionSteps(cfg, out, model, optimizer, train_set, val_set, val_check.coco, device, start_iter,
-                           rank, world_size, state)
+                           max_iter, rank, world_size, state)
     del state  # the checkpoint's tensors, now in the model and optimizer: not kept twice during training
     periods = Periods(max_iter, cfg.log_period, frozenset(sched.eval_iters(max_iter, cfg.eval_period)),
                       cfg.checkpoint_period, cfg.keep_checkpoints,
@@ -111,11 +112,8 @@ def train(cfg: RunConfig, out_dir, *, fork_from: Path | None = None, keep_iters=
     def get_lr(it: int) -> float:  # a pure function of the iteration
         return base_lr * sched.lr_factor(it, drops, s.warmup_iters, s.warmup_factor, s.gamma)
 
-    try:
-        run_loop(steps, optimizer, get_lr, out, start_iter, periods, progress=progress, world_size=world_size,
-                 device=device, stop_after=stop_at)
-    finally:
-        steps.hook.remove()
+    run_loop(steps, optimizer, get_lr, out, start_iter, periods, progress=progress, world_size=world_size,
+             device=device, stop_at=stop_at)
 
     final = steps.final_record(max_iter, drops, len(train_set), init_report["source"],
                                str(fork_from) if how == "forked" else None)
@@ -129,26 +127,29 @@ class DetectionSteps:
     """One detection iteration (`step`), and the log line, evaluation and checkpoint state the loop asks for."""
 
     headline = "bbox/AP"
+    shown = ("loss", "lr", "img_per_s")
 
     def __init__(self, cfg: RunConfig, out: Path, model, optimizer, train_set, val_set, val_coco, device,
-                 start_iter: int, rank: int, world_size: int, state: dict | None):
+                 start_iter: int, max_iter: int, rank: int, world_size: int, state: dict | None):
         self.cfg, self.out, self.model, self.optimizer = cfg, out, model, optimizer
-        self.val_set, self.val_coco, self.device = val_set, val_coco, device
+        self.val_set, self.val_coco, self.device, self.max_iter = val_set, val_coco, device, max_iter
         self.rank, self.world_size = rank, world_size
         self.dtype = amp_dtype(device, cfg.solver.amp)
         # fp16 only (bf16 needs no loss scaling); its scale is training state: a resume or a fork continues with it
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.dtype == torch.float16)
         self.counts = {"images_seen": 0, "instances_seen": 0, "pixels_seen": 0, "nonfinite_skipped": 0}
-        self.best, self.best_iter, self.wall_before = None, None, 0.0
+        self.best, self.best_iter = None, None
         if state is not None:
-            model.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
+            restore(state, {"model": model}, optimizer)
             if state.get("scaler"):  # empty when saved by a disabled scaler (CPU, bf16)
                 self.scaler.load_state_dict(state["scaler"])
-            ckpt.set_rng_state(state["rng"])
             self.counts.update(state["counts"])
             self.best, self.best_iter = state.get("best"), state.get("best_iter")
-            self.wall_before = float(state.get("wall_time_s", 0.0))
+        # the log period's loss terms (checkpointed: a resumed run logs the lines of an uninterrupted one), and
+        # the run's seconds (a checkpoint from before the clock had its own key kept the wall time alone)
+        self.period = PeriodMeter(state.get("period") if state is not None else None)
+        times = (state.get("times") or {"wall_time_s": state.get("wall_time_s", 0.0)}) if state is not None else None
+        self.clock = RunClock(times)
         self.train_model = model
         if world_size > 1:
             self.train_model = torch.nn.parallel.DistributedDataParallel(
@@ -161,19 +162,18 @@ class DetectionSteps:
         self.data_iter = iter(_train_loader(cfg, train_set, start_iter, rank, world_size, device))
         self.local = {"images_seen": 0, "instances_seen": 0, "pixels_seen": 0}
         self.params = [p for g in optimizer.param_groups for p in g["params"]]
-        self.loss_sums: dict[str, torch.Tensor] = {}
-        self.period_iters, self.period_images, self.period_start = 0, 0, time.perf_counter()
-        self.skipped, self.grad_norm, self.eval_time = False, None, 0.0
-        self.run_start = time.perf_counter()
+        self.skipped, self.grad_norm = False, None
         self.train_model.train()
 
     def _count_pixels(self, module, _inputs, output):
         if module.training:  # evaluation passes are not training compute
             self.local["pixels_seen"] += sum(h * w for h, w in output[0].image_sizes)
 
-    def step(self, it: int, log_now: bool) -> None:
+    def step(self, it: int) -> None:
         s = self.cfg.solver
+        t_iter = time.perf_counter()
         images, targets = next(self.data_iter)
+        data_s = time.perf_counter() - t_iter
         first = it * s.batch_size + self.rank * len(images)  # this process's images' positions in the stream
         for sampler in self.draw_samplers:
             sampler.keys = list(range(first, first + len(images)))
@@ -200,23 +200,24 @@ class DetectionSteps:
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         self.grad_norm = None
-        if log_now:
+        done = it + 1
+        if done % self.cfg.log_period == 0 or done == self.max_iter:  # the iterations the loop logs
             self.scaler.unscale_(self.optimizer)
             self.grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params, float("inf")))
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.local["images_seen"] += len(images)
         self.local["instances_seen"] += sum(len(t["boxes"]) for t in targets)
-        self.period_iters += 1
-        self.period_images += len(images) * self.world_size
-        for k, v in loss_dict.items():
-            self.loss_sums[k] = self.loss_sums.get(k, 0.0) + v.detach()
+        step_s = time.perf_counter() - t_iter
+        self.clock.add("train_time_s", step_s)
+        self.clock.add("data_time_s", data_s)
+        self.period.add(len(images) * self.world_size, step_s, data_s, **{k: v.detach() for k, v in loss_dict.items()})
 
     def log_row(self, done: int, lr: float) -> dict | None:
         if self.skipped:
             return None  # a skipped step logs nothing; its period goes on into the next log line
-        elapsed = time.perf_counter() - self.period_start
-        terms = {k: float(v) / self.period_iters for k, v in self.loss_sums.items()}
+        p = self.period
+        terms = {k: p.mean(k) for k in p.sums}
         if self.world_size > 1:
             # Each process's loss terms are means over its own images; the global batch's loss is their mean
             # (every image contributes the same number of sampled anchors and RoIs), and that is also the loss
@@ -225,12 +226,10 @@ class DetectionSteps:
             summed = distributed.all_reduce_sum([terms[k] for k in keys], self.device)
             terms = {k: v / self.world_size for k, v in zip(keys, summed)}
         row = {"type": "train", "iter": done, "loss": sum(terms.values()), **terms, "lr": lr,
-               "grad_norm": self.grad_norm, "img_per_s": self.period_images / elapsed if elapsed > 0 else 0.0,
-               **self.global_counts()}
+               "grad_norm": self.grad_norm, "img_per_s": p.rates()["img_per_s"], **self.global_counts()}
         if self.device.type == "cuda":
             row["max_mem_mb"] = torch.cuda.max_memory_allocated(self.device) / 2**20
-        self.loss_sums = {}
-        self.period_iters, self.period_images, self.period_start = 0, 0, time.perf_counter()
+        p.reset()
         return row
 
     def evaluate(self, done: int) -> dict:
@@ -241,12 +240,11 @@ class DetectionSteps:
         result = evaluate(self.model, self.val_set, self.val_coco, self.device,
                           batch_size=max(1, self.cfg.solver.batch_size // self.world_size), amp_dtype=self.dtype,
                           num_workers=workers)
-        self.eval_time += time.perf_counter() - t0
+        self.clock.add("eval_time_s", time.perf_counter() - t0)
         # AP metrics are deterministic; the eval/ timing entries go to the log line only
         metrics = {k: v for k, v in result.items() if not k.startswith("eval/")}
         if self.best is None or metrics["bbox/AP"] > self.best["bbox/AP"]:
             self.best, self.best_iter = metrics, done
-        self.period_start = time.perf_counter()  # evaluation time is not training throughput
         return {"type": "eval", "iter": done, **result}
 
     def global_counts(self) -> dict:
@@ -256,14 +254,16 @@ class DetectionSteps:
         return {**{k: self.counts[k] + int(v) for k, v in zip(keys, summed)},
                 "nonfinite_skipped": self.counts["nonfinite_skipped"]}
 
-    def wall_time(self) -> float:
-        return self.wall_before + time.perf_counter() - self.run_start
+    def close(self) -> None:
+        self.hook.remove()
+        self.data_iter = None  # a DataLoader iterator shuts its workers down when it goes
 
     def state_dict(self, done: int) -> dict:
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "scaler": self.scaler.state_dict(), "iter": done, "rng": ckpt.rng_state(),
                 "counts": self.global_counts(), "best": self.best, "best_iter": self.best_iter,
-                "wall_time_s": self.wall_time(), "config": cfgmod.to_dict(self.cfg)}
+                "times": self.clock.elapsed(), "period": self.period.state_dict(),
+                "config": cfgmod.to_dict(self.cfg)}
 
     def final_record(self, max_iter: int, drops, train_images: int, init_source, forked_from: str | None) -> dict:
         """final.json: the last evaluation, the best one, and what the run cost."""
@@ -271,8 +271,7 @@ class DetectionSteps:
         last = {k: v for k, v in evals[-1].items() if "/" in k and not k.startswith("eval/")} if evals else self.best
         final = {"status": "done", "final": last, "best": self.best, "best_iter": self.best_iter, "iters": max_iter,
                  "schedule": self.cfg.solver.schedule, "drops": list(drops), "train_images": train_images,
-                 **self.global_counts(), "wall_time_s": self.wall_time(),
-                 "own_wall_time_s": time.perf_counter() - self.run_start, "eval_time_s": self.eval_time,
+                 **self.global_counts(), **self.clock.elapsed(), "own_wall_time_s": self.clock.segment_s(),
                  "init": init_source, "forked_from": forked_from, "device": self.device.type,
                  "world_size": self.world_size}
         if self.device.type == "cuda":
