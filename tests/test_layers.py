@@ -8,7 +8,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "rethink"
 
 # the lowest layer first; a module may import its own layer and the ones below
 LAYERS = [
-    {"rethink", "rethink.errors", "rethink.fileio", "rethink.config", "rethink.configs", "rethink.schedule"},
+    {"rethink", "rethink.errors", "rethink.fileio", "rethink.config", "rethink.config_checks", "rethink.configs",
+     "rethink.schedule"},
     {"rethink.data"},
     {"rethink.models"},
     {"rethink.engine"},

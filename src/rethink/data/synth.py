@@ -42,17 +42,20 @@ import hashlib
 import io
 import json
 import math
-import multiprocessing
 import os
 import shutil
 from dataclasses import asdict, dataclass
-from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image
 from pycocotools import mask as mask_utils
 
+from rethink.data.drawing import (
+    SOURCE_SHAPES, background, contrasting, disc, finish, loose_shape, polyline, smooth_field, target_object,
+    texture_patch,
+)
+from rethink.data.pool import chunks, run_in_order, worker_pool
 from rethink.errors import UserError
 from rethink.fileio import atomic_write_json, read_json
 
@@ -116,32 +119,8 @@ class Scale:
         return self.num_classes * self.source_val_per_class
 
 
-SOURCE_CLASSES: tuple[str, ...] = (
-    "circle",
-    "circle_outline",
-    "square",
-    "square_outline",
-    "triangle",
-    "triangle_outline",
-    "star",
-    "star_outline",
-    "hexagon",
-    "hexagon_outline",
-    "ellipse",
-    "cross",
-    "concentric",
-    "arrow",
-    "crescent",
-    "semicircle",
-    "sector",
-    "bars",
-    "checker",
-    "dots",
-    "grid",
-    "zigzag",
-    "arc",
-    "spiral",
-)
+# Every class the generator can draw, in label order (a scale picks some of them).
+SOURCE_CLASSES: tuple[str, ...] = tuple(SOURCE_SHAPES)
 
 TARGET_CATEGORIES: tuple[str, ...] = ("house", "bullseye", "dumbbell", "flag", "window")
 
@@ -207,298 +186,6 @@ SCALES: dict[str, Scale] = {
 }
 
 
-
-# ----------------------------------------------------------------------------------------------
-# Geometry. All masks are boolean (size, size) arrays; pixel (row j, column i) has its centre at
-# (x=i, y=j), the same convention PIL's polygon fill uses, so numpy discs and PIL polygons align.
-
-
-@lru_cache(maxsize=8)
-def _coords(size: int) -> tuple[np.ndarray, np.ndarray]:
-    y, x = np.mgrid[0:size, 0:size].astype(np.float32)
-    x.setflags(write=False)
-    y.setflags(write=False)
-    return x, y
-
-
-def _local(size: int, cx: float, cy: float, theta: float) -> tuple[np.ndarray, np.ndarray]:
-    """Pixel coordinates in a frame centred at (cx, cy) and rotated by theta."""
-    x, y = _coords(size)
-    dx, dy = x - cx, y - cy
-    c, s = math.cos(theta), math.sin(theta)
-    return dx * c + dy * s, -dx * s + dy * c
-
-
-def _to_image(cx: float, cy: float, theta: float, points) -> list[tuple[float, float]]:
-    """Map points of an object's local frame to image coordinates."""
-    c, s = math.cos(theta), math.sin(theta)
-    return [(cx + a * c - b * s, cy + a * s + b * c) for a, b in points]
-
-
-def _polygon(size: int, points) -> np.ndarray:
-    img = Image.new("L", (size, size), 0)
-    ImageDraw.Draw(img).polygon([(float(x), float(y)) for x, y in points], fill=1)
-    return np.asarray(img, dtype=bool)
-
-
-def _polyline(size: int, points, width: float) -> np.ndarray:
-    img = Image.new("L", (size, size), 0)
-    pts = [(float(x), float(y)) for x, y in points]
-    ImageDraw.Draw(img).line(pts, fill=1, width=max(1, round(width)), joint="curve")
-    return np.asarray(img, dtype=bool)
-
-
-def _disc(size: int, cx: float, cy: float, r: float) -> np.ndarray:
-    x, y = _coords(size)
-    return (x - cx) ** 2 + (y - cy) ** 2 <= r * r
-
-
-def _ellipse(size: int, cx: float, cy: float, a: float, b: float, theta: float) -> np.ndarray:
-    u, v = _local(size, cx, cy, theta)
-    return (u / a) ** 2 + (v / b) ** 2 <= 1.0
-
-
-def _rect(size: int, cx: float, cy: float, theta: float, a0: float, a1: float, b0: float, b1: float) -> np.ndarray:
-    """Rectangle [a0, a1] x [b0, b1] in the frame of (cx, cy, theta)."""
-    return _polygon(size, _to_image(cx, cy, theta, [(a0, b0), (a1, b0), (a1, b1), (a0, b1)]))
-
-
-def _regular(size: int, cx: float, cy: float, r: float, n: int, theta: float) -> np.ndarray:
-    pts = [(r * math.cos(theta + 2 * math.pi * k / n), r * math.sin(theta + 2 * math.pi * k / n)) for k in range(n)]
-    return _polygon(size, [(cx + px, cy + py) for px, py in pts])
-
-
-def _star(size: int, cx: float, cy: float, r: float, theta: float, inner: float = 0.45) -> np.ndarray:
-    pts = []
-    for k in range(10):
-        rr = r if k % 2 == 0 else r * inner
-        a = theta + math.pi * k / 5
-        pts.append((cx + rr * math.cos(a), cy + rr * math.sin(a)))
-    return _polygon(size, pts)
-
-
-def _patch(size: int, cx: float, cy: float, half: float, theta: float):
-    """Local coordinates and the inside of a rotated square patch, for the texture classes."""
-    u, v = _local(size, cx, cy, theta)
-    return u, v, (np.abs(u) <= half) & (np.abs(v) <= half)
-
-
-# ----------------------------------------------------------------------------------------------
-# Source classes. Each draws one boolean mask for a shape of circumradius r centred at (cx, cy),
-# rotated by theta, with stroke width w, on a size x size canvas.
-
-
-def _outline(filled, size, cx, cy, r, theta, w):
-    return filled(size, cx, cy, r, theta) & ~filled(size, cx, cy, max(r - w, 0.5), theta)
-
-
-def _circle(size, cx, cy, r, theta, w, rng):
-    return _disc(size, cx, cy, r)
-
-
-def _circle_outline(size, cx, cy, r, theta, w, rng):
-    return _disc(size, cx, cy, r) & ~_disc(size, cx, cy, r - w)
-
-
-def _polygon_class(n, outline):
-    def draw(size, cx, cy, r, theta, w, rng):
-        def filled(size_, cx_, cy_, r_, theta_):
-            return _regular(size_, cx_, cy_, r_, n, theta_)
-
-        return _outline(filled, size, cx, cy, r, theta, w) if outline else filled(size, cx, cy, r, theta)
-
-    return draw
-
-
-def _star_class(outline):
-    def draw(size, cx, cy, r, theta, w, rng):
-        # A star's arms are thin: a stroke as wide as for a square would fill them.
-        return _outline(_star, size, cx, cy, r, theta, 0.6 * w) if outline else _star(size, cx, cy, r, theta)
-
-    return draw
-
-
-def _ellipse_class(size, cx, cy, r, theta, w, rng):
-    return _ellipse(size, cx, cy, r, r * rng.uniform(0.35, 0.6), theta)
-
-
-def _cross(size, cx, cy, r, theta, w, rng):
-    t = r * rng.uniform(0.22, 0.32)
-    return _rect(size, cx, cy, theta, -r, r, -t, t) | _rect(size, cx, cy, theta, -t, t, -r, r)
-
-
-def _concentric(size, cx, cy, r, theta, w, rng):
-    mask = np.zeros((size, size), dtype=bool)
-    for rr in (r, 0.62 * r):
-        mask |= _disc(size, cx, cy, rr) & ~_disc(size, cx, cy, rr - 0.7 * w)
-    return mask | _disc(size, cx, cy, 0.22 * r)
-
-
-def _arrow(size, cx, cy, r, theta, w, rng):
-    t = r * 0.16
-    pts = [(-r, -t), (0.15 * r, -t), (0.15 * r, -0.55 * r), (r, 0), (0.15 * r, 0.55 * r), (0.15 * r, t), (-r, t)]
-    return _polygon(size, _to_image(cx, cy, theta, pts))
-
-
-def _crescent(size, cx, cy, r, theta, w, rng):
-    shift = r * rng.uniform(0.35, 0.55)
-    return _disc(size, cx, cy, r) & ~_disc(size, cx + shift * math.cos(theta), cy + shift * math.sin(theta), r)
-
-
-def _semicircle(size, cx, cy, r, theta, w, rng):
-    _, v = _local(size, cx, cy, theta)
-    return _disc(size, cx, cy, r) & (v >= 0)
-
-
-def _sector(size, cx, cy, r, theta, w, rng):
-    # A disc with a wedge cut out ("pac-man"); the wedge opens towards theta.
-    u, v = _local(size, cx, cy, theta)
-    half = rng.uniform(0.35, 0.6)
-    wedge = np.abs(np.arctan2(v, u)) < half
-    return _disc(size, cx, cy, r) & ~wedge
-
-
-def _bars(size, cx, cy, r, theta, w, rng):
-    half = 0.75 * r
-    u, _, inside = _patch(size, cx, cy, half, theta)
-    n = int(rng.integers(3, 5))
-    period = 2 * half / n
-    return inside & (np.mod(u + half, period) < 0.5 * period)
-
-
-def _checker(size, cx, cy, r, theta, w, rng):
-    half = 0.75 * r
-    u, v, inside = _patch(size, cx, cy, half, theta)
-    period = 2 * half / int(rng.integers(3, 5))
-    return inside & ((np.floor((u + half) / period) + np.floor((v + half) / period)) % 2 == 0)
-
-
-def _dots(size, cx, cy, r, theta, w, rng):
-    half = 0.8 * r
-    u, v, inside = _patch(size, cx, cy, half, theta)
-    period = 2 * half / 3
-    du = np.mod(u + half, period) - period / 2
-    dv = np.mod(v + half, period) - period / 2
-    return inside & (du * du + dv * dv <= (0.3 * period) ** 2)
-
-
-def _grid(size, cx, cy, r, theta, w, rng):
-    half = 0.75 * r
-    u, v, inside = _patch(size, cx, cy, half, theta)
-    period = 2 * half / 3
-    line = 0.5 * w
-    return inside & ((np.mod(u + half + line / 2, period) < line) | (np.mod(v + half + line / 2, period) < line))
-
-
-def _zigzag(size, cx, cy, r, theta, w, rng):
-    n = int(rng.integers(3, 6))
-    pts = [(-r + 2 * r * k / n, (0.4 * r if k % 2 else -0.4 * r)) for k in range(n + 1)]
-    return _polyline(size, _to_image(cx, cy, theta, pts), 0.8 * w)
-
-
-def _arc(size, cx, cy, r, theta, w, rng):
-    u, v = _local(size, cx, cy, theta)
-    half = rng.uniform(0.5, 1.0) * math.pi / 2
-    ring = _disc(size, cx, cy, r) & ~_disc(size, cx, cy, r - 1.3 * w)
-    return ring & (np.abs(np.arctan2(v, u)) <= half)
-
-
-def _spiral(size, cx, cy, r, theta, w, rng):
-    turns = rng.uniform(1.5, 2.2)
-    steps = 48
-    pts = []
-    for k in range(steps + 1):
-        t = k / steps
-        a = 2 * math.pi * turns * t
-        pts.append((r * t * math.cos(a), r * t * math.sin(a)))
-    return _polyline(size, _to_image(cx, cy, theta, pts), 0.7 * w)
-
-
-# The drawing function of each source class, in SOURCE_CLASSES order.
-_SOURCE_DRAW = {
-    "circle": _circle,
-    "circle_outline": _circle_outline,
-    "square": _polygon_class(4, outline=False),
-    "square_outline": _polygon_class(4, outline=True),
-    "triangle": _polygon_class(3, outline=False),
-    "triangle_outline": _polygon_class(3, outline=True),
-    "star": _star_class(outline=False),
-    "star_outline": _star_class(outline=True),
-    "hexagon": _polygon_class(6, outline=False),
-    "hexagon_outline": _polygon_class(6, outline=True),
-    "ellipse": _ellipse_class,
-    "cross": _cross,
-    "concentric": _concentric,
-    "arrow": _arrow,
-    "crescent": _crescent,
-    "semicircle": _semicircle,
-    "sector": _sector,
-    "bars": _bars,
-    "checker": _checker,
-    "dots": _dots,
-    "grid": _grid,
-    "zigzag": _zigzag,
-    "arc": _arc,
-    "spiral": _spiral,
-}
-assert tuple(_SOURCE_DRAW) == SOURCE_CLASSES
-
-
-# ----------------------------------------------------------------------------------------------
-# Colours and backgrounds.
-
-
-@lru_cache(maxsize=16)
-def _bilinear_weights(size: int, cells: int) -> np.ndarray:
-    """(size, cells + 1) weights that linearly interpolate cells + 1 grid values onto size pixels."""
-    t = np.linspace(0, cells, size)
-    i0 = np.minimum(t.astype(np.int64), cells - 1)
-    f = t - i0
-    w = np.zeros((size, cells + 1), dtype=np.float32)
-    w[np.arange(size), i0] = 1 - f
-    w[np.arange(size), i0 + 1] = f
-    w.setflags(write=False)
-    return w
-
-
-def _smooth_field(rng: np.random.Generator, size: int, cells: int) -> np.ndarray:
-    """Low-frequency noise of unit-ish amplitude: a coarse random grid, bilinearly upsampled."""
-    coarse = rng.standard_normal(size=(3, cells + 1, cells + 1), dtype=np.float32)
-    w = _bilinear_weights(size, cells)
-    return (w @ coarse @ w.T).transpose(1, 2, 0)  # (size, size, 3)
-
-
-def _background(rng: np.random.Generator, size: int, max_amplitude: float) -> tuple[np.ndarray, np.ndarray]:
-    base = rng.uniform(0, 255, size=3).astype(np.float32)
-    field = _smooth_field(rng, size, cells=int(rng.integers(2, 5)))
-    canvas = base + rng.uniform(0, max_amplitude) * field
-    return canvas, base
-
-
-def _contrasting(rng: np.random.Generator, against: np.ndarray, min_distance: float, tries: int = 20) -> np.ndarray:
-    """A random colour at least `min_distance` (RGB, 0-255) from `against`, or the last one tried."""
-    for _ in range(tries):
-        color = rng.uniform(0, 255, size=3).astype(np.float32)
-        if float(np.linalg.norm(color - against)) >= min_distance:
-            break
-    return color
-
-
-def _finish(canvas: np.ndarray, rng: np.random.Generator, max_noise: float) -> np.ndarray:
-    sigma = np.float32(rng.uniform(0, max_noise))
-    canvas = canvas + sigma * rng.standard_normal(size=canvas.shape, dtype=np.float32)
-    np.rint(canvas, out=canvas)
-    np.clip(canvas, 0, 255, out=canvas)
-    return canvas.astype(np.uint8)
-
-
-def _png(pixels: np.ndarray) -> bytes:
-    # Pillow writes no timestamp chunk unless asked to, so equal pixels give equal bytes.
-    buf = io.BytesIO()
-    Image.fromarray(pixels, mode="RGB").save(buf, format="PNG", compress_level=6)
-    return buf.getvalue()
-
-
 # ----------------------------------------------------------------------------------------------
 # Source images.
 
@@ -507,7 +194,7 @@ def source_image(seed: int, split_code: int, class_index: int, index: int, scale
     """One classification image (uint8, HxWx3) of class scale.source_classes[class_index]."""
     rng = np.random.default_rng([seed, split_code, class_index, index])
     size = scale.source_size * _SUPERSAMPLE
-    canvas, base = _background(rng, size, max_amplitude=60.0)
+    canvas, base = background(rng, size, max_amplitude=60.0)
     layers = []  # (mask, colour or per-pixel colours, painted over the labelled shape?)
 
     r = rng.uniform(*scale.source_shape_size) * size
@@ -515,11 +202,11 @@ def source_image(seed: int, split_code: int, class_index: int, index: int, scale
     cx, cy = rng.uniform(margin, size - margin, size=2)
     theta = rng.uniform(0, 2 * math.pi)
     w = max(2.0, rng.uniform(0.14, 0.24) * r)
-    shape = _SOURCE_DRAW[scale.source_classes[class_index]](size, cx, cy, r, theta, w, rng)
+    shape = SOURCE_SHAPES[scale.source_classes[class_index]](size, cx, cy, r, theta, w, rng)
     # Mostly clear contrast, sometimes faint: part of the hard tail that keeps top-1 below 100%.
-    color = _contrasting(rng, base, min_distance=rng.choice([30.0, 90.0], p=[0.25, 0.75]))
+    color = contrasting(rng, base, min_distance=rng.choice([30.0, 90.0], p=[0.25, 0.75]))
     # Uneven lighting across the shape, so its colour is not one flat value.
-    shading = color + rng.uniform(0, 40) * _smooth_field(rng, size, cells=2)
+    shading = color + rng.uniform(0, 40) * smooth_field(rng, size, cells=2)
 
     if rng.random() < scale.source_distractor_prob:
         # A smaller shape of another class beside or behind the labelled one, as ImageNet photos
@@ -528,16 +215,16 @@ def source_image(seed: int, split_code: int, class_index: int, index: int, scale
         rr = r * rng.uniform(0.3, 0.5)
         ox, oy = rng.uniform(rr, size - rr, size=2)
         ww = max(2.0, rng.uniform(0.14, 0.24) * rr)
-        m = _SOURCE_DRAW[scale.source_classes[other]](size, ox, oy, rr, rng.uniform(0, 2 * math.pi), ww, rng)
-        layers.append((m, _contrasting(rng, base, 60.0), False))
+        m = SOURCE_SHAPES[scale.source_classes[other]](size, ox, oy, rr, rng.uniform(0, 2 * math.pi), ww, rng)
+        layers.append((m, contrasting(rng, base, 60.0), False))
 
     for _ in range(int(rng.integers(0, scale.source_clutter + 1))):
         if rng.random() < 0.6:
             x0, y0 = rng.uniform(0, size, size=2)
             length, angle = rng.uniform(0.15, 0.45) * size, rng.uniform(0, 2 * math.pi)
-            m = _polyline(size, [(x0, y0), (x0 + length * math.cos(angle), y0 + length * math.sin(angle))], rng.uniform(1, 3))
+            m = polyline(size, [(x0, y0), (x0 + length * math.cos(angle), y0 + length * math.sin(angle))], rng.uniform(1, 3))
         else:
-            m = _disc(size, *rng.uniform(0, size, size=2), rng.uniform(1.0, 3.0))
+            m = disc(size, *rng.uniform(0, size, size=2), rng.uniform(1.0, 3.0))
         # A third of the strokes lie over the shape and hide bits of it.
         layers.append((m, rng.uniform(0, 255, size=3).astype(np.float32), rng.random() < 0.33))
 
@@ -551,105 +238,11 @@ def source_image(seed: int, split_code: int, class_index: int, index: int, scale
 
     # Average each 2x2 block down to one pixel (anti-aliasing).
     canvas = 0.25 * (canvas[0::2, 0::2] + canvas[1::2, 0::2] + canvas[0::2, 1::2] + canvas[1::2, 1::2])
-    return _finish(canvas, rng, scale.source_noise)
+    return finish(canvas, rng, scale.source_noise)
 
 
 # ----------------------------------------------------------------------------------------------
 # Target images.
-
-
-def _target_object(rng: np.random.Generator, category: str, size: int, s: float, cx: float, cy: float,
-                   base: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
-    """The parts of one composite object: a list of (mask, colour) in paint order."""
-
-    def color():
-        return _contrasting(rng, base, min_distance=70.0)
-
-    if category == "house":
-        theta = rng.uniform(-0.35, 0.35)
-        parts = [
-            (_rect(size, cx, cy, theta, -0.3 * s, 0.3 * s, -0.06 * s, 0.5 * s), color()),
-            (_polygon(size, _to_image(cx, cy, theta, [(-0.42 * s, -0.05 * s), (0.42 * s, -0.05 * s), (0, -0.5 * s)])),
-             color()),
-        ]
-        if rng.random() < 0.5:  # a door: changes the look, not the mask
-            parts.append((_rect(size, cx, cy, theta, -0.08 * s, 0.08 * s, 0.2 * s, 0.5 * s), color()))
-        return parts
-    if category == "bullseye":
-        outer, inner = color(), color()
-        return [(_disc(size, cx, cy, f * s), c) for f, c in ((0.5, outer), (0.34, inner), (0.17, outer))]
-    if category == "dumbbell":
-        theta = rng.uniform(0, math.pi)
-        bar = max(1.0, 0.07 * s)
-        c, sn = math.cos(theta), math.sin(theta)
-        weight = color()
-        return [
-            (_rect(size, cx, cy, theta, -0.3 * s, 0.3 * s, -bar, bar), color()),
-            (_disc(size, cx - 0.3 * s * c, cy - 0.3 * s * sn, 0.2 * s), weight),
-            (_disc(size, cx + 0.3 * s * c, cy + 0.3 * s * sn, 0.2 * s), weight),
-        ]
-    if category == "flag":
-        theta = rng.uniform(-0.3, 0.3)
-        side = 1.0 if rng.random() < 0.5 else -1.0  # flies to the right or to the left
-
-        def shape(points):  # points in units of s, in the flag's (possibly mirrored) frame
-            return _polygon(size, _to_image(cx, cy, theta, [(side * a * s, b * s) for a, b in points]))
-
-        def box(a0, a1, b0, b1):
-            return shape([(a0, b0), (a1, b0), (a1, b1), (a0, b1)])
-
-        pole, x0 = max(1.0 / s, 0.05), -0.35
-        parts = [(box(x0 - pole, x0 + pole, -0.5, 0.5), color())]
-        if rng.random() < 0.5:  # a rectangle with two stripes
-            parts += [(box(x0, 0.45, -0.5, -0.3), color()), (box(x0, 0.45, -0.3, -0.1), color())]
-        else:  # a pennant
-            parts.append((shape([(x0, -0.5), (0.45, -0.3), (x0, -0.1)]), color()))
-        return parts
-    if category == "window":
-        theta = rng.uniform(0, math.pi / 2)
-        t = max(1.0, 0.06 * s)
-        h = 0.45 * s
-        inner = h - 2 * t
-        frame = _rect(size, cx, cy, theta, -h, h, -h, h) & ~_rect(size, cx, cy, theta, -inner, inner, -inner, inner)
-        cross = _rect(size, cx, cy, theta, -h, h, -t, t) | _rect(size, cx, cy, theta, -t, t, -h, h)
-        # The panes are holes: the background shows through and is not part of the mask.
-        return [(frame | cross, color())]
-    raise ValueError(category)
-
-
-def _loose_shape(rng: np.random.Generator, size: int, r: float) -> np.ndarray:
-    """A single shape of the source vocabulary: clutter that looks like an object's part."""
-    cx, cy = rng.uniform(0, size, size=2)
-    theta = rng.uniform(0, 2 * math.pi)
-    kind = int(rng.integers(0, 7))
-    if kind == 0:
-        return _disc(size, cx, cy, r)
-    if kind == 1:
-        return _disc(size, cx, cy, r) & ~_disc(size, cx, cy, 0.6 * r)
-    if kind == 2:
-        return _regular(size, cx, cy, r, 4, theta)
-    if kind == 3:
-        return _regular(size, cx, cy, r, 3, theta)
-    if kind == 4:
-        return _rect(size, cx, cy, theta, -r, r, -0.2 * r, 0.2 * r)
-    if kind == 5:
-        return _star(size, cx, cy, r, theta)
-    return _regular(size, cx, cy, r, 6, theta)
-
-
-def _texture_patch(rng: np.random.Generator, canvas: np.ndarray, size: int) -> None:
-    """Blend a faint stripe or checker texture over a large rotated rectangle of the background."""
-    cx, cy = rng.uniform(0, size, size=2)
-    u, v = _local(size, cx, cy, rng.uniform(0, math.pi))
-    ha, hb = rng.uniform(0.2, 0.5, size=2) * size
-    period = rng.uniform(3.0, 8.0)
-    if rng.random() < 0.5:
-        pattern = np.floor(u / period) % 2 == 0
-    else:
-        pattern = (np.floor(u / period) + np.floor(v / period)) % 2 == 0
-    m = pattern & (np.abs(u) <= ha) & (np.abs(v) <= hb)
-    alpha = rng.uniform(0.2, 0.5)
-    canvas[m] = (1 - alpha) * canvas[m] + alpha * rng.uniform(0, 255, size=3).astype(np.float32)
 
 
 def target_image(seed: int, split_code: int, index: int, scale: Scale) -> tuple[np.ndarray, list]:
@@ -657,14 +250,14 @@ def target_image(seed: int, split_code: int, index: int, scale: Scale) -> tuple[
     (category index, visible mask, area before occlusion)."""
     rng = np.random.default_rng([seed, split_code, index])
     size = scale.target_size
-    canvas, base = _background(rng, size, max_amplitude=70.0)
+    canvas, base = background(rng, size, max_amplitude=70.0)
     for _ in range(int(rng.integers(0, 3))):
-        _texture_patch(rng, canvas, size)
+        texture_patch(rng, canvas, size)
 
     s_lo, s_hi = scale.object_size
     part_r = (0.2 * s_lo, 0.4 * s_hi)
     for _ in range(int(rng.integers(scale.clutter_per_image[0], scale.clutter_per_image[1] + 1))):
-        canvas[_loose_shape(rng, size, rng.uniform(*part_r))] = rng.uniform(0, 255, size=3).astype(np.float32)
+        canvas[loose_shape(rng, size, rng.uniform(*part_r))] = rng.uniform(0, 255, size=3).astype(np.float32)
 
     # Objects and occluders in random paint order. Each item is placed only where it leaves every
     # annotated object below it sufficiently visible (and, for an object, is big enough itself);
@@ -681,10 +274,10 @@ def target_image(seed: int, split_code: int, index: int, scale: Scale) -> tuple[
                 category = int(rng.integers(0, len(TARGET_CATEGORIES)))
                 s = rng.uniform(s_lo, s_hi)
                 cx, cy = rng.uniform(s / 2, size - s / 2, size=2)
-                parts = _target_object(rng, TARGET_CATEGORIES[category], size, s, cx, cy, base)
+                parts = target_object(rng, TARGET_CATEGORIES[category], size, s, cx, cy, base)
             else:
                 category = None
-                occluder = _loose_shape(rng, size, rng.uniform(*part_r))
+                occluder = loose_shape(rng, size, rng.uniform(*part_r))
                 parts = [(occluder, rng.uniform(0, 255, size=3).astype(np.float32))]
             mask = np.zeros((size, size), dtype=bool)
             for m, _ in parts:
@@ -703,7 +296,7 @@ def target_image(seed: int, split_code: int, index: int, scale: Scale) -> tuple[
         for m, c in parts:
             canvas[m] = c
     objects = [(cat, vis, full) for cat, vis, full in placed if cat is not None]
-    return _finish(canvas, rng, scale.target_noise), objects
+    return finish(canvas, rng, scale.target_noise), objects
 
 
 def _visible_enough(visible: np.ndarray, full_area: int, scale: Scale) -> bool:
@@ -729,6 +322,13 @@ def _annotation(category: int, visible: np.ndarray) -> dict:
 # Work units for the process pool: each writes its images and returns what the parent needs.
 # Images are written without per-file fsync (tens of thousands of fsyncs take minutes); the parent
 # syncs once before the manifest makes the benchmark official.
+
+
+def _png(pixels: np.ndarray) -> bytes:
+    # Pillow writes no timestamp chunk unless asked to, so equal pixels give equal bytes.
+    buf = io.BytesIO()
+    Image.fromarray(pixels, mode="RGB").save(buf, format="PNG", compress_level=6)
+    return buf.getvalue()
 
 
 def _source_chunk(args) -> tuple[list[tuple[str, str]], np.ndarray, np.ndarray, int]:
@@ -768,23 +368,6 @@ def _target_chunk(args) -> tuple[list[tuple[str, str]], list[list[dict]]]:
     return hashes, annotations
 
 
-def _run(pool, fn, tasks, sizes, desc: str, progress: bool):
-    """Results of fn over tasks, in task order (so the output never depends on the pool)."""
-    from tqdm import tqdm
-
-    results = []
-    with tqdm(total=sum(sizes), desc=desc, unit="img", disable=not progress, leave=True) as bar:
-        mapped = pool.imap(fn, tasks) if pool is not None else map(fn, tasks)
-        for result, n in zip(mapped, sizes):
-            results.append(result)
-            bar.update(n)
-    return results
-
-
-def _chunks(n: int, chunk: int):
-    return [(a, min(a + chunk, n)) for a in range(0, n, chunk)]
-
-
 def _digest(hashes: list[tuple[str, str]]) -> str:
     h = hashlib.sha256()
     for path, digest in hashes:
@@ -797,10 +380,10 @@ def _write_source_split(out: Path, pool, seed: int, scale: Scale, split: str, co
     for c, name in enumerate(scale.source_classes):
         class_dir = out / "source" / split / name
         class_dir.mkdir(parents=True, exist_ok=True)
-        for a, b in _chunks(per_class, 250):
+        for a, b in chunks(per_class, 250):
             tasks.append((seed, code, c, a, b, scale.name, str(class_dir), f"source/{split}/{name}"))
             sizes.append(b - a)
-    results = _run(pool, _source_chunk, tasks, sizes, f"source/{split}", progress)
+    results = run_in_order(pool, _source_chunk, tasks, sizes, f"source/{split}", progress)
     hashes = [h for r in results for h in r[0]]
     total = sum(r[1] for r in results)
     total_sq = sum(r[2] for r in results)
@@ -813,9 +396,9 @@ def _write_source_split(out: Path, pool, seed: int, scale: Scale, split: str, co
 def _write_target_split(out: Path, pool, seed: int, scale: Scale, split: str, code: int, n: int, progress: bool):
     image_dir = out / "target" / split / "images"
     image_dir.mkdir(parents=True, exist_ok=True)
-    spans = _chunks(n, 100)
+    spans = chunks(n, 100)
     tasks = [(seed, code, a, b, scale.name, str(image_dir), f"target/{split}/images") for a, b in spans]
-    results = _run(pool, _target_chunk, tasks, [b - a for a, b in spans], f"target/{split}", progress)
+    results = run_in_order(pool, _target_chunk, tasks, [b - a for a, b in spans], f"target/{split}", progress)
     hashes = [h for r in results for h in r[0]]
     per_image = [anns for r in results for anns in r[1]]
 
@@ -843,6 +426,7 @@ def _write_target_split(out: Path, pool, seed: int, scale: Scale, split: str, co
 
 
 # ----------------------------------------------------------------------------------------------
+# The benchmark's folder: what is already there, the splits, the manifest.
 
 
 def _params(seed: int, scale: str) -> dict:
@@ -853,11 +437,77 @@ def _same_params(manifest: dict, seed: int, scale: str) -> bool:
     return all(manifest.get(k) == v for k, v in _params(seed, scale).items())
 
 
-def _default_workers(total_images: int) -> int:
-    # Starting a pool costs more than it saves on a few hundred images.
-    if total_images < 2000:
-        return 1
-    return max(1, min(8, os.cpu_count() or 1))
+def _checked_seed(seed, scale: str) -> int:
+    """The seed as an int, once it and the scale's name are known to be valid."""
+    if scale not in SCALES:
+        raise UserError(f"scale: unknown benchmark scale {scale!r}; choose one of {', '.join(SCALES)}")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise UserError(f"seed: must be a non-negative integer, got {seed!r}")
+    return int(seed)
+
+
+def _existing_manifest(out: Path, seed: int, scale: str) -> dict | None:
+    """The manifest in `out` if it describes this benchmark, None if there is none; one of another benchmark is an
+    error, so a folder is never silently reused for results it did not produce."""
+    manifest_path = out / MANIFEST
+    if not manifest_path.exists():
+        return None
+    try:
+        manifest = read_json(manifest_path)
+    except (OSError, json.JSONDecodeError) as e:
+        raise UserError(f"{manifest_path}: unreadable ({e}); delete {out} and generate again") from None
+    if _same_params(manifest, seed, scale):
+        return manifest
+    raise UserError(
+        f"{manifest_path}: holds a benchmark with seed={manifest.get('seed')} scale={manifest.get('scale')} "
+        f"generator_version={manifest.get('generator_version')}, not seed={seed} scale={scale} "
+        f"generator_version={GENERATOR_VERSION}; choose another output directory or delete {out}"
+    )
+
+
+def _start_generation(out: Path, seed: int, scale: str) -> Path:
+    """Clear what a killed generation of ours left and mark this one as running; return the marker."""
+    marker = out / _IN_PROGRESS
+    for part in ("source", "target"):
+        path = out / part
+        if path.exists():
+            if not marker.exists():
+                raise UserError(f"{path}: exists but {out / MANIFEST} does not; choose an empty output directory")
+            # Leftovers of our own killed generation, perhaps with other parameters: start clean.
+            shutil.rmtree(path)
+    atomic_write_json(marker, _params(seed, scale))
+    return marker
+
+
+def _write_splits(out: Path, pool, seed: int, sc: Scale, progress: bool) -> tuple[dict, dict]:
+    """Draw the four splits; return the manifest's `source` and `target` sections."""
+    src_train_sha, mean, std = _write_source_split(out, pool, seed, sc, "train", _SOURCE_TRAIN, sc.source_train_per_class, progress)
+    src_val_sha, _, _ = _write_source_split(out, pool, seed, sc, "val", _SOURCE_VAL, sc.source_val_per_class, progress)
+    tgt_train_sha, n_train, a_train = _write_target_split(out, pool, seed, sc, "train", _TARGET_TRAIN, sc.target_train, progress)
+    tgt_val_sha, n_val, a_val = _write_target_split(out, pool, seed, sc, "val", _TARGET_VAL, sc.target_val, progress)
+    source = {
+        "root": "source",
+        "train": "source/train",
+        "val": "source/val",
+        "image_size": sc.source_size,
+        "classes": list(sc.source_classes),
+        "num_images": {"train": sc.source_train_images, "val": sc.source_val_images},
+        # Per-channel statistics of source/train in [0, 1], for input normalization.
+        "mean_rgb": [round(float(m), 6) for m in mean],
+        "std_rgb": [round(float(s), 6) for s in std],
+        "sha256": {"train": src_train_sha, "val": src_val_sha},
+    }
+    target = {
+        "root": "target",
+        "train": {"images": "target/train/images", "annotations": "target/train/annotations.json"},
+        "val": {"images": "target/val/images", "annotations": "target/val/annotations.json"},
+        "image_size": sc.target_size,
+        "categories": list(TARGET_CATEGORIES),
+        "num_images": {"train": n_train, "val": n_val},
+        "num_annotations": {"train": a_train, "val": a_val},
+        "sha256": {"train": tgt_train_sha, "val": tgt_val_sha},
+    }
+    return source, target
 
 
 def write_benchmark(out, seed: int = 0, scale: str = "demo", progress: bool = True, workers: int | None = None) -> dict:
@@ -867,93 +517,36 @@ def write_benchmark(out, seed: int = 0, scale: str = "demo", progress: bool = Tr
     written and that manifest is returned. `workers` only changes the speed, never the output.
     """
     out = Path(out)
-    if scale not in SCALES:
-        raise UserError(f"scale: unknown benchmark scale {scale!r}; choose one of {', '.join(SCALES)}")
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise UserError(f"seed: must be a non-negative integer, got {seed!r}")
-    seed = int(seed)
+    seed = _checked_seed(seed, scale)
+    existing = _existing_manifest(out, seed, scale)
+    if existing is not None:
+        return existing
+    marker = _start_generation(out, seed, scale)
     sc = SCALES[scale]
+    with worker_pool(workers, sc.source_train_images + sc.source_val_images + sc.target_train + sc.target_val) as pool:
+        source, target = _write_splits(out, pool, seed, sc, progress)
 
-    manifest_path = out / MANIFEST
-    if manifest_path.exists():
-        try:
-            manifest = read_json(manifest_path)
-        except (OSError, json.JSONDecodeError) as e:
-            raise UserError(f"{manifest_path}: unreadable ({e}); delete {out} and generate again") from None
-        if _same_params(manifest, seed, scale):
-            return manifest
-        raise UserError(
-            f"{manifest_path}: holds a benchmark with seed={manifest.get('seed')} scale={manifest.get('scale')} "
-            f"generator_version={manifest.get('generator_version')}, not seed={seed} scale={scale} "
-            f"generator_version={GENERATOR_VERSION}; choose another output directory or delete {out}"
-        )
-
-    marker = out / _IN_PROGRESS
-    for part in ("source", "target"):
-        path = out / part
-        if path.exists():
-            if not marker.exists():
-                raise UserError(f"{path}: exists but {manifest_path} does not; choose an empty output directory")
-            # Leftovers of our own killed generation, perhaps with other parameters: start clean.
-            shutil.rmtree(path)
-    atomic_write_json(marker, _params(seed, scale))
-
-    total = sc.source_train_images + sc.source_val_images + sc.target_train + sc.target_val
-    n_workers = workers if workers is not None else _default_workers(total)
-    # spawn, not fork: the caller may have started torch's thread pools, which fork can deadlock.
-    pool = multiprocessing.get_context("spawn").Pool(n_workers) if n_workers > 1 else None
-    try:
-        src_train_sha, mean, std = _write_source_split(out, pool, seed, sc, "train", _SOURCE_TRAIN, sc.source_train_per_class, progress)
-        src_val_sha, _, _ = _write_source_split(out, pool, seed, sc, "val", _SOURCE_VAL, sc.source_val_per_class, progress)
-        tgt_train_sha, n_train, a_train = _write_target_split(out, pool, seed, sc, "train", _TARGET_TRAIN, sc.target_train, progress)
-        tgt_val_sha, n_val, a_val = _write_target_split(out, pool, seed, sc, "val", _TARGET_VAL, sc.target_val, progress)
-    finally:
-        if pool is not None:
-            pool.close()
-            pool.join()
-
-    sizes = asdict(sc)
     manifest = {
         **_params(seed, scale),
         "description": "rethink synthetic benchmark: source = classification (pre-training), target = detection (COCO format)",
-        "sizes": {k: list(v) if isinstance(v, tuple) else v for k, v in sizes.items()},
+        "sizes": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(sc).items()},
         # One flat summary for a status line; the same numbers are under source/ and target/.
         "counts": {
             "source_classes": sc.num_classes,
             "source_train": sc.source_train_images,
             "source_val": sc.source_val_images,
-            "target_train": n_train,
-            "target_val": n_val,
-            "target_train_annotations": a_train,
-            "target_val_annotations": a_val,
+            "target_train": target["num_images"]["train"],
+            "target_val": target["num_images"]["val"],
+            "target_train_annotations": target["num_annotations"]["train"],
+            "target_val_annotations": target["num_annotations"]["val"],
         },
-        "source": {
-            "root": "source",
-            "train": "source/train",
-            "val": "source/val",
-            "image_size": sc.source_size,
-            "classes": list(sc.source_classes),
-            "num_images": {"train": sc.source_train_images, "val": sc.source_val_images},
-            # Per-channel statistics of source/train in [0, 1], for input normalization.
-            "mean_rgb": [round(float(m), 6) for m in mean],
-            "std_rgb": [round(float(s), 6) for s in std],
-            "sha256": {"train": src_train_sha, "val": src_val_sha},
-        },
-        "target": {
-            "root": "target",
-            "train": {"images": "target/train/images", "annotations": "target/train/annotations.json"},
-            "val": {"images": "target/val/images", "annotations": "target/val/annotations.json"},
-            "image_size": sc.target_size,
-            "categories": list(TARGET_CATEGORIES),
-            "num_images": {"train": n_train, "val": n_val},
-            "num_annotations": {"train": a_train, "val": a_val},
-            "sha256": {"train": tgt_train_sha, "val": tgt_val_sha},
-        },
+        "source": source,
+        "target": target,
     }
     # The images were written without per-file fsync; make them durable before the manifest says
     # they exist.
     os.sync()
-    atomic_write_json(manifest_path, manifest)
+    atomic_write_json(out / MANIFEST, manifest)
     marker.unlink()
     return manifest
 
@@ -985,16 +578,10 @@ def write_unlabelled(out, count: int, progress: bool = True, workers: int | None
         shutil.rmtree(folder)  # a killed drawing: no manifest yet
     image_dir = folder / "images"
     image_dir.mkdir(parents=True)
-    spans = _chunks(count, 100)
+    spans = chunks(count, 100)
     tasks = [(seed, _TARGET_UNLABELLED, a, b, scale.name, str(image_dir), f"{UNLABELLED}/images") for a, b in spans]
-    n_workers = workers if workers is not None else _default_workers(count)
-    pool = multiprocessing.get_context("spawn").Pool(n_workers) if n_workers > 1 else None
-    try:
-        results = _run(pool, _target_chunk, tasks, [b - a for a, b in spans], UNLABELLED, progress)
-    finally:
-        if pool is not None:
-            pool.close()
-            pool.join()
+    with worker_pool(workers, count) as pool:
+        results = run_in_order(pool, _target_chunk, tasks, [b - a for a, b in spans], UNLABELLED, progress)
     record = {**params, "images": f"{UNLABELLED}/images", "image_size": scale.target_size,
               "sha256": _digest([h for r in results for h in r[0]])}
     os.sync()
