@@ -19,6 +19,7 @@ from matplotlib.ticker import EngFormatter, FixedLocator, NullLocator
 from rethink.fileio import atomic_write_bytes
 from rethink.report import words
 from rethink.report.findings import all_verdicts
+from rethink.study.plan import other_key
 from rethink.study.results import PRIMARY, RANDOM, size_sort_key
 
 DPI = 150
@@ -232,7 +233,7 @@ def figure_ap_vs_iterations(study, out_dir: Path):
 def figure_ap_vs_schedule(study, cells, out_dir: Path):
     panels = {}
     for cell in cells:
-        panels.setdefault((json.dumps(cell["other"], sort_keys=True),
+        panels.setdefault((other_key(cell["other"]),
                            size_sort_key(cell["train_size"], cell["train_images"]),
                            cell["train_size"], cell["train_images"]), []).append(cell)
     if not any(len({c["schedule"] for c in group}) >= 2 for group in panels.values()):
@@ -286,7 +287,7 @@ def figure_ap_vs_size(study, cells, summary, out_dir: Path):
     panels = {}
     for cell in cells:
         if cell["train_images"] is not None:  # a log-scale x needs the number of images
-            panels.setdefault(json.dumps(cell["other"], sort_keys=True), []).append(cell)
+            panels.setdefault(other_key(cell["other"]), []).append(cell)
     if not any(len({c["train_size"] for c in group}) >= 2 for group in panels.values()):
         return None, words.NOT_DRAWN["one_size"]
     keys = sorted(panels)
@@ -295,8 +296,8 @@ def figure_ap_vs_size(study, cells, summary, out_dir: Path):
     # one panel is the common case: give it the width of a two-column paper figure
     fig, axes = _panel_grid([(k,) for k in keys], 4.6, 3.2, max_cols=2)
     marked = set()  # which breakdown marks were drawn, for the legend
-    for ax, other_key in zip(axes, keys):
-        group = panels[other_key]
+    for ax, group_key in zip(axes, keys):
+        group = panels[group_key]
         ticks = {}
         for init in inits:
             # per size, the arm at its best: the schedule whose curve peaks highest (mean over seeds), as the
@@ -321,13 +322,13 @@ def figure_ap_vs_size(study, cells, summary, out_dir: Path):
         ax.set_xticklabels([ticks[t] for t in sorted(ticks)])
         ax.set_xlabel("training images (log scale)")
         ax.set_ylabel(f"best {AP_LABEL}")
-        label = words.other_label(json.loads(other_key))
+        label = words.other_label(json.loads(group_key))
         if label:
             ax.set_title(label)
 
         # breakdown: between the largest size where random is behind and the smallest where it is within
         verdict = next((v for v in all_verdicts(summary)
-                        if json.dumps(v["other"], sort_keys=True) == other_key), None)
+                        if other_key(v["other"]) == group_key), None)
         # worth in images: from pretrained's best at n across to the size random init needs for the same AP
         for row in ((verdict or {}).get("worth_in_images") or {}).get("by_size", []):
             if row["bound"] is None and row["ap_pretrained_best"] is not None:
@@ -402,8 +403,8 @@ def figure_speedup(study, summary: dict, out_dir: Path):
 def figure_compute(study, cells, out_dir: Path):
     if not cells:
         return None, words.NOT_DRAWN["no_run_done"]
-    first_other = sorted({json.dumps(c["other"], sort_keys=True) for c in cells})[0]
-    group = [c for c in cells if json.dumps(c["other"], sort_keys=True) == first_other]
+    first_other = sorted({other_key(c["other"]) for c in cells})[0]
+    group = [c for c in cells if other_key(c["other"]) == first_other]
     largest = max(group, key=lambda c: size_sort_key(c["train_size"], c["train_images"]))
     size, images = largest["train_size"], largest["train_images"]
     group = [c for c in group if c["train_size"] == size]
@@ -490,8 +491,8 @@ def figure_overfitting(study, out_dir: Path):
     ncols = len(keys)
     fig = Figure(figsize=(6.4 if ncols == 1 else 4.2 * ncols + 0.3, 4.6), dpi=DPI, layout="constrained")
     grid = fig.subplots(2, ncols, squeeze=False, sharex="col")
-    for col, other_key in enumerate(keys):
-        members = groups[other_key]
+    for col, group_key in enumerate(keys):
+        members = groups[group_key]
         smallest = min(size_sort_key(r.train_size, r.train_images) for r in members)
         members = [r for r in members if size_sort_key(r.train_size, r.train_images) == smallest]
         loss_ax, ap_ax = grid[0][col], grid[1][col]
@@ -518,7 +519,7 @@ def figure_overfitting(study, out_dir: Path):
             for d in sorted(drops):
                 ax.axvline(d, color=DROP_COLOR, ls=":", lw=0.9, zorder=1)
         title = words.size_label(members[0].train_size, members[0].train_images)
-        label = words.other_label(json.loads(other_key))
+        label = words.other_label(json.loads(group_key))
         loss_ax.set_title(f"Smallest training set: {title}" + (f"\n{label}" if label else ""))
         loss_ax.set_ylabel("training loss (smoothed)")
         ap_ax.set_ylabel(f"validation {AP_LABEL}")
@@ -577,8 +578,8 @@ def figure_forecast(study, forecast: dict, out_dir: Path):
         return None, (forecast or {}).get("not_available") or "no forecast"
     panels = {}
     for cell in forecast["cells"]:
-        panels.setdefault((json.dumps(cell["other"], sort_keys=True), cell["train_size"]), []).append(cell)
-    images = {(json.dumps(r.other, sort_keys=True), r.train_size): r.train_images for r in study.runs}
+        panels.setdefault((other_key(cell["other"]), cell["train_size"]), []).append(cell)
+    images = {(r.other_key, r.train_size): r.train_images for r in study.runs}
     keys = sorted(panels, key=lambda k: (k[0], size_sort_key(k[1], images.get(k))))
     inits = _inits_in_order(study)
     sources = study.sources

@@ -7,7 +7,6 @@ same table rows, so they say the same thing.
 
 import base64
 import html
-import json
 from pathlib import Path
 
 from rethink.errors import UserError
@@ -15,6 +14,7 @@ from rethink.fileio import atomic_write_json, atomic_write_text
 from rethink.report import findings, words
 from rethink.report.figures import write_figures
 from rethink.report.words import STATUS_WORDS
+from rethink.study.plan import other_key
 from rethink.study.results import PRIMARY, load_results
 
 
@@ -101,7 +101,7 @@ def verdict_groups(summary: dict) -> list:
     """[(heading, [(question, status, text)])] for each pretrained source (and other-axis value)."""
     groups = []
     verdicts = findings.all_verdicts(summary)
-    several_others = len({json.dumps(v["other"], sort_keys=True) for v in verdicts}) > 1
+    several_others = len({other_key(v["other"]) for v in verdicts}) > 1
     for verdict in verdicts:
         label = (summary.get("source_labels") or {}).get(verdict["source"], verdict["source"])
         heading = words.verdict_heading(label, verdict["other"], several_others)

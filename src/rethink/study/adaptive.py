@@ -34,6 +34,7 @@ from rethink.errors import UserError
 from rethink.fileio import atomic_write_json, read_json
 from rethink.study import store
 from rethink.study.forecast import AP_MAX, forecast_study
+from rethink.study.plan import other_key
 from rethink.study.results import load_results
 from rethink.study.run import run_local
 
@@ -124,7 +125,7 @@ def _point(cell) -> float:
 
 
 def _group_of(spec) -> tuple:
-    return (str(spec.train_size), repr(sorted(spec.other.items())))
+    return (str(spec.train_size), other_key(spec.other))
 
 
 def run_adaptive(plan, study_dir: Path, jobs: int, progress: bool = True) -> dict:
@@ -144,7 +145,7 @@ def run_adaptive(plan, study_dir: Path, jobs: int, progress: bool = True) -> dic
         if share == 1.0 or errors:
             break
         open_groups = {_group_of(s) for s in plan.runs if s.trunk is None and _group_of(s) not in settled
-                       and store.run_state(study_dir, s.name, set())[0] != "done"}
+                       and store.state_of(study_dir, s.name) != "done"}
         if not open_groups:
             break
         try:
@@ -160,7 +161,7 @@ def run_adaptive(plan, study_dir: Path, jobs: int, progress: bool = True) -> dic
                 continue
             # its trunks stop here; forks that cannot start any more (fork point not reached) are skipped
             stopped = {s.name: stops.get(s.name) for s in plan.runs if _group_of(s) == group
-                       and store.run_state(study_dir, s.name, set())[0] != "done"
+                       and store.state_of(study_dir, s.name) != "done"
                        and (s.trunk is None or not _runnable(s, study_dir, {}, set()))}
             decision.update(share=share, stopped=stopped)
             state["decisions"].append(decision)
@@ -179,9 +180,9 @@ def _runnable(spec, study_dir: Path, stops: dict, settled: set) -> bool:
     exists or is reached in this segment (it then runs whole)."""
     if spec.trunk is None:
         return _group_of(spec) not in settled
-    if ckpt.checkpoint_path(store.run_dir(study_dir, spec.trunk), spec.fork_iter).exists():
+    if store.fork_checkpoint(study_dir, spec).exists():
         return True
-    if store.run_state(study_dir, spec.trunk, set())[0] == "done":
+    if store.state_of(study_dir, spec.trunk) == "done":
         return True  # its fork point was not kept: run_local trains it whole
     return stops.get(spec.trunk, -1) >= spec.fork_iter
 
@@ -191,7 +192,7 @@ def _spec(plan, name: str):
 
 
 def _group_of_decision(d: dict) -> tuple:
-    return (str(d["train_size"]), repr(sorted((d.get("other") or {}).items())))
+    return (str(d["train_size"]), other_key(d.get("other") or {}))
 
 
 def _mark_planned(forecast: dict, plan) -> None:

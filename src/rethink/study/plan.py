@@ -10,6 +10,7 @@ A study file (YAML):
       moco_target:                        # or a mapping: the config, what to pre-train on, and overrides
         config: ../tiny/pretrain_moco.yaml
         train_on: target                  # the base config's training images (annotations unused), or a folder
+        probe_on: target                  # the probe accuracies on the base config's training objects (boxes cropped)
         set: {label: "MoCo v2 on the target's images"}
     matrix:                               # one mapping, or a list of mappings whose runs are united
       - init: [random, pretrain]          # random, imagenet, a pretrain step's name, or a weights path
@@ -73,6 +74,12 @@ class RunSpec:
             "trunk": self.trunk, "fork_iter": self.fork_iter, "keep_iters": list(self.keep_iters),
             "group": self.group, "pretrain": self.pretrain,
         }
+
+
+def other_key(other: dict) -> str:
+    """The key of a run's other axes (everything but init, schedule, size and seed), the same everywhere a study's
+    runs are grouped: plan, executors, forecast, report."""
+    return json.dumps(other, sort_keys=True)
 
 
 @dataclass(frozen=True)
@@ -183,7 +190,7 @@ def _pretrain_paths(path: Path, pretrain) -> dict[str, Path]:
             raise UserError(f"{path}: pretrain: '{name}' cannot name a pre-training step (letters, digits, _ and -)")
         if isinstance(cfg_path, dict):
             if "config" not in cfg_path:
-                raise UserError(f"{path}: pretrain.{name}: a mapping needs `config` (and optionally train_on, set)")
+                raise UserError(f"{path}: pretrain.{name}: a mapping needs `config` (and optionally train_on, probe_on, set)")
             cfg_path = cfg_path["config"]
         p = _beside_or_bundled(path, str(cfg_path))
         if p is None:
@@ -193,13 +200,15 @@ def _pretrain_paths(path: Path, pretrain) -> dict[str, Path]:
     return paths
 
 
-STEP_KEYS = {"config", "train_on", "set"}
+STEP_KEYS = {"config", "train_on", "probe_on", "set"}
 
 
 def _pretrain_set(path: Path, pretrain: dict, base: dict) -> dict:
     """Each mapping step's own overrides: `train_on: target` pre-trains on the base run config's training images
     (its COCO file's images; annotations unused, nothing copied), `train_on: FOLDER` on any image folder (a data
-    path: relative to the current directory); then the step's `set`."""
+    path: relative to the current directory); `probe_on: target` measures a self-supervised step's features on the
+    base config's training objects (its COCO file's boxes, cropped and labelled: more of them than the val split
+    has, so a steadier probe; labels used for the measure only); then the step's `set`."""
     out = {}
     for name, step in pretrain.items():
         if not isinstance(step, dict):
@@ -217,6 +226,12 @@ def _pretrain_set(path: Path, pretrain: dict, base: dict) -> dict:
             pairs += [("data.train", str(Path(train_on).resolve()))]
         elif train_on is not None:
             raise UserError(f"{where}.train_on: expected `target` or an image folder, got {train_on!r}")
+        probe_on = step.get("probe_on")
+        if probe_on == "target":
+            train = cfgmod.resolve_paths(cfgmod.config_from_dict(base)).data.train
+            pairs += [("data.val", train.annotations), ("data.val_images", train.images)]
+        elif probe_on is not None:
+            raise UserError(f"{where}.probe_on: expected `target`, got {probe_on!r}")
         shared = step.get("set") or {}
         if not isinstance(shared, dict):
             raise UserError(f"{where}.set: expected a mapping of pre-training config keys to values")
@@ -344,7 +359,7 @@ def _check_controlled(study: StudyPlan) -> None:
     """Within a cell (everything but init equal), the arms' configs may differ only in `init`."""
     cells: dict[tuple, list[RunSpec]] = {}
     for r in study.runs:
-        cells.setdefault((r.schedule, str(r.train_size), r.seed, repr(sorted(r.other.items()))), []).append(r)
+        cells.setdefault((r.schedule, str(r.train_size), r.seed, other_key(r.other)), []).append(r)
     for members in cells.values():
         reference = cfgmod.to_dict(members[0].config)
         for r in members[1:]:

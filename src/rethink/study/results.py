@@ -12,6 +12,7 @@ from pathlib import Path
 from rethink.errors import UserError
 from rethink.fileio import read_json, read_jsonl
 from rethink.schedule import parse_schedule
+from rethink.study.plan import other_key
 
 RANDOM = "random"
 PRIMARY = "bbox/AP"
@@ -53,7 +54,7 @@ class RunRecord:
 
     @property
     def other_key(self) -> str:
-        return json.dumps(self.other, sort_keys=True)
+        return other_key(self.other)
 
     @property
     def cell_key(self) -> tuple:

@@ -37,7 +37,7 @@ def default_jobs() -> int:
 
 def train_command(spec: RunSpec, study_dir: Path, nproc: int = 1, stop_at: int | None = None) -> list[str]:
     d = store.run_dir(study_dir, spec.name)
-    fork = ckpt.checkpoint_path(store.run_dir(study_dir, spec.trunk), spec.fork_iter) if spec.trunk else None
+    fork = store.fork_checkpoint(study_dir, spec)
     argv = train_argv(d / "config.yaml", d, fork_from=fork, keep_iters=spec.keep_iters, progress=False,
                       stop_at=stop_at)
     return rethink_command(argv, nproc)
@@ -55,7 +55,7 @@ def _prepare_run_dir(spec: RunSpec, study_dir: Path) -> None:
 def _fork_ready(spec: RunSpec, study_dir: Path) -> bool:
     if spec.trunk is None:
         return True
-    return ckpt.checkpoint_path(store.run_dir(study_dir, spec.trunk), spec.fork_iter).exists()
+    return store.fork_checkpoint(study_dir, spec).exists()
 
 
 def _summary_line(spec: RunSpec, study_dir: Path) -> str:
@@ -85,7 +85,7 @@ def _start(spec: RunSpec, study_dir: Path, nproc: int, threads: int | None, stop
 
 def _finished_line(study: StudyPlan, study_dir: Path, name: str, stop_at: int | None, errors: dict) -> str:
     """What a run's end says: its AP, a pause at its segment's stop, or why it failed (recorded in `errors`)."""
-    state, reason = store.run_state(study_dir, name, set())
+    state, reason = store.run_state(study_dir, name)
     if state == "done":
         return _summary_line(next(s for s in study.runs if s.name == name), study_dir)
     if _reached(study_dir, name, stop_at):
@@ -110,7 +110,7 @@ def run_local(study: StudyPlan, study_dir: Path, jobs: int, nproc: int = 1, prog
     segment); a run that stops there, or is already there, is paused, not failed.
     """
     stop_at = stop_at or {}
-    todo = [s for s in study.runs if store.run_state(study_dir, s.name, set())[0] == "pending"
+    todo = [s for s in study.runs if store.state_of(study_dir, s.name) == "pending"
             and (only is None or s.name in only) and not _reached(study_dir, s.name, stop_at.get(s.name))]
     total = len(todo)
     # trunks first (longest first), then forks as their fork checkpoint appears
@@ -205,14 +205,14 @@ def run_slurm(study: StudyPlan, study_dir: Path, options: dict, progress: bool =
         params = {k: v for k, v in params.items() if v is not None}
     executor.update_parameters(**params)
     errors: dict[str, str] = {}
-    pending = [s for s in study.runs if store.run_state(study_dir, s.name, set())[0] == "pending"]
+    pending = [s for s in study.runs if store.state_of(study_dir, s.name) == "pending"]
     jobs = {}
     # Trunks first; forks depend on their trunk's job (afterok) on SLURM, and wait for it here otherwise.
     for wave in ([s for s in pending if s.trunk is None], [s for s in pending if s.trunk is not None]):
         for spec in wave:
             _prepare_run_dir(spec, study_dir)
             d = store.run_dir(study_dir, spec.name)
-            fork = str(ckpt.checkpoint_path(store.run_dir(study_dir, spec.trunk), spec.fork_iter)) if spec.trunk else None
+            fork = str(store.fork_checkpoint(study_dir, spec)) if spec.trunk else None
             if spec.trunk in jobs and executor.cluster == "slurm":
                 executor.update_parameters(slurm_additional_parameters={"dependency": f"afterok:{jobs[spec.trunk].job_id}"})
             elif executor.cluster == "slurm":

@@ -8,6 +8,7 @@ import fcntl
 import os
 from pathlib import Path
 
+from rethink.engine import checkpoint as ckpt
 from rethink.errors import UserError
 from rethink.fileio import atomic_write_json, read_json
 
@@ -16,7 +17,19 @@ def run_dir(study_dir: Path, name: str) -> Path:
     return Path(study_dir) / "runs" / name
 
 
-def run_state(study_dir: Path, name: str, running: set) -> tuple[str, str | None]:
+def fork_checkpoint(study_dir: Path, spec) -> Path | None:
+    """The trunk's checkpoint a shorter schedule starts from (at its first LR drop); None for a run without trunk."""
+    if spec.trunk is None:
+        return None
+    return ckpt.checkpoint_path(run_dir(study_dir, spec.trunk), spec.fork_iter)
+
+
+def state_of(study_dir: Path, name: str) -> str:
+    """A run's state as its directory tells it: done, settled, failed or pending."""
+    return run_state(study_dir, name)[0]
+
+
+def run_state(study_dir: Path, name: str, running: set = frozenset()) -> tuple[str, str | None]:
     d = run_dir(study_dir, name)
     if (d / "final.json").exists():
         return "done", None
