@@ -272,10 +272,11 @@ def cmd_pretrain(args) -> int:
                       progress=not args.no_progress)
     if record.get("top1") is not None:
         signal = f"val top-1 {record['top1']:.1f}%"
-    elif record.get("knn_top1") is not None:
-        signal = f"kNN top-1 {record['knn_top1']:.1f}% (random init's features: {record['knn_top1_init']:.1f}%)"
+    elif record.get("probe_top1") is not None:
+        signal = (f"linear probe top-1 {record['probe_top1']:.1f}%, kNN {record['knn_top1']:.1f}% (random init's "
+                  f"features: {record['probe_top1_init']:.1f}%, {record['knn_top1_init']:.1f}%)")
     else:
-        signal = f"loss {record['loss']:.3f} (no labelled data.val for a kNN accuracy)"
+        signal = f"loss {record['loss']:.3f} (no labelled data.val for the probe accuracies)"
     collapsed = f", COLLAPSED at iteration {record['collapse_iter']}" if record.get("collapsed") else ""
     print(f"{args.out}: backbone.safetensors written ({record['label']}), {signal}{collapsed}, "
           f"{record['images_seen']} images, {record['wall_time_s']:.0f} s")

@@ -302,9 +302,12 @@ class PretrainDataConfig:
     # images (flat or nested), or a COCO annotations file whose images (in train_images) are used, annotations not
     train: str = ""
     train_images: str = ""  # self-supervised, with a COCO file as `train`: the folder its file_names are in
-    # supervised: ImageFolder root with the same class folders. Self-supervised: an optional labelled ImageFolder
-    # on which the features' kNN accuracy is measured along pre-training ("" = no labels: the loss is the signal)
+    # supervised: ImageFolder root with the same class folders. Self-supervised: an optional labelled set on which
+    # the features' kNN and linear-probe accuracies are measured along pre-training: an ImageFolder, or a COCO
+    # annotations file whose boxes are cropped into a labelled set (the target's own objects) ("" = no labels: the
+    # loss is the signal)
     val: str = ""
+    val_images: str = ""  # self-supervised, with a COCO file as `val`: the folder its file_names are in
     image_size: int = 32  # every image becomes image_size x image_size (shorter side resized, centre crop)
     crop_padding: int = 4  # random crop of image_size from the image padded by this many black pixels per side
     hflip_prob: float = 0.5
@@ -375,7 +378,7 @@ def load_pretrain_config(path, overrides=()) -> PretrainConfig:
 def pretrain_config_from_dict(data: dict, overrides=()) -> PretrainConfig:
     cfg = _from_dict(PretrainConfig, _with_overrides(data, overrides))
     validate_pretrain(cfg)
-    data_fields = {k: str(Path(getattr(cfg.data, k)).resolve()) for k in ("train", "train_images", "val")
+    data_fields = {k: str(Path(getattr(cfg.data, k)).resolve()) for k in ("train", "train_images", "val", "val_images")
                    if getattr(cfg.data, k)}
     if isinstance(cfg.data.cache_images, bool):
         data_fields["cache_images"] = "yes" if cfg.data.cache_images else "no"

@@ -185,6 +185,8 @@ def _check_selfsup(cfg) -> None:
         raise UserError("data.train: needs a folder of images, or a COCO annotations file with data.train_images")
     if d.train.endswith(".json") and not d.train_images:
         raise UserError("data.train_images: a COCO file as data.train needs the folder its images are in")
+    if d.val.endswith(".json") and not d.val_images:
+        raise UserError("data.val_images: a COCO file as data.val needs the folder its images are in")
     if x.temperature <= 0 or x.knn_t <= 0:
         raise UserError("ssl.temperature / ssl.knn_t: must be positive")
     if x.memory_bank_size < 0:

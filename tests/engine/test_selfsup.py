@@ -1,6 +1,7 @@
 """Self-supervised pre-training (MoCo v2, DenseCL): learning, unlabelled inputs, the kNN and collapse signals,
 resume after SIGKILL, bad inputs. Real tiny models on generated images."""
 
+import json
 import random
 import signal
 import subprocess
@@ -16,7 +17,8 @@ from safetensors.torch import load_file
 from conftest import run_cli, write_config
 from rethink.config import pretrain_config_from_dict
 from rethink.engine.pretrain import pretrain
-from rethink.data.images import list_images
+from rethink.data.images import ObjectCrops, list_images
+from rethink.engine.selfsup import probe_accuracies
 from rethink.errors import Interrupted, UserError
 from rethink.fileio import read_json, read_jsonl
 
@@ -102,10 +104,11 @@ def test_moco_v2_loss_falls_and_the_record_counts_its_cost(moco_reference):
     assert record["train_images"] == 24 and record["images_seen"] == 60 * 8
     assert record["pixels_seen"] == 60 * 8 * 2 * 64 * 64  # both views of every image go through an encoder
     assert record["epochs"] == pytest.approx(20.0)
-    assert 0 <= record["knn_top1_init"] <= 100 and 0 <= record["knn_top1"] <= 100
+    assert all(0 <= record[k] <= 100 for k in ("knn_top1", "knn_top1_init", "probe_top1", "probe_top1_init"))
     assert record["collapsed"] is False and record["embedding_std"] > 0.1
     evals = [r for r in read_jsonl(out / "metrics.jsonl") if r["type"] == "eval"]
     assert [r["iter"] for r in evals] == [20, 40, 60] and evals[-1]["knn_top1"] == record["knn_top1"]
+    assert evals[-1]["probe_top1"] == record["probe_top1"]
     body = load_file(str(out / "backbone.safetensors"))
     assert "conv1.weight" in body and not any(k.startswith(("head", "fc", "backbone.")) for k in body)
 
@@ -120,7 +123,8 @@ def test_densecl_loss_falls_with_its_dense_term(coco_data, tmp_path):
     assert rows[-1]["loss_dense"] < rows[0]["loss_dense"] - 0.5
     assert rows[-1]["loss"] == pytest.approx(0.5 * rows[-1]["loss_global"] + 0.5 * rows[-1]["loss_dense"])
     # no labelled set: the loss is the signal
-    assert record["method"] == "densecl" and record["knn_top1"] is None and record["loss"] == rows[-1]["loss"]
+    assert record["method"] == "densecl" and record["knn_top1"] is None and record["probe_top1"] is None
+    assert record["loss"] == rows[-1]["loss"]
 
 
 def test_resume_gives_the_uninterrupted_result(bank_reference, tmp_path):
@@ -158,6 +162,7 @@ def test_killed_at_random_moments_resumes_bit_identical(moco_reference, tmp_path
     assert result.returncode == 0, result.stderr
     again = read_json(out / "pretrain.json")
     assert again["knn_top1"] == record["knn_top1"] and again["knn_top1_init"] == record["knn_top1_init"]
+    assert again["probe_top1"] == record["probe_top1"] and again["probe_top1_init"] == record["probe_top1_init"]
     assert again["loss"] == record["loss"]
     a, b = load_file(str(ref_out / "backbone.safetensors")), load_file(str(out / "backbone.safetensors"))
     assert all(torch.equal(a[k], b[k]) for k in a)
@@ -196,7 +201,7 @@ def test_a_collapsed_representation_is_reported(bank_reference, tmp_path):
     assert f"warning: the embeddings have collapsed" in result.stderr and "COLLAPSED at iteration" in result.stdout
 
 
-@pytest.mark.parametrize("case", ["empty", "unreadable", "too_few", "method", "no_images_folder"])
+@pytest.mark.parametrize("case", ["empty", "unreadable", "too_few", "method", "no_images_folder", "probe_images"])
 def test_bad_input_is_one_line_naming_the_path_or_key(case, coco_data, tmp_path):
     folder = tmp_path / "images"
     folder.mkdir()
@@ -214,6 +219,10 @@ def test_bad_input_is_one_line_naming_the_path_or_key(case, coco_data, tmp_path)
     elif case == "no_images_folder":
         data = {"train": str(coco_data / "train" / "annotations.json"), "train_images": str(tmp_path / "nowhere"),
                 "image_size": 64}
+    elif case == "probe_images":  # a COCO file as the probe set, without its images folder
+        for i in range(10):
+            Image.new("RGB", (64, 64), (i * 20, 0, 0)).save(folder / f"{i}.png")
+        data["val"] = str(coco_data / "val" / "annotations.json")
     cfg = ssl_dict("", data=data, **extra)
     config = write_config(tmp_path / "bad.yaml", cfg)
     out = tmp_path / "run"
@@ -223,7 +232,8 @@ def test_bad_input_is_one_line_naming_the_path_or_key(case, coco_data, tmp_path)
     assert len(lines) == 1, result.stderr
     expected = {"empty": f"{folder} holds no images", "unreadable": str(folder / "5.png"),
                 "too_few": "holds 3 images, fewer than one batch (solver.batch_size=8)", "method": "method: 'simclr_v9'",
-                "no_images_folder": str(tmp_path / "nowhere")}[case]
+                "no_images_folder": str(tmp_path / "nowhere"),
+                "probe_images": "data.val_images: a COCO file as data.val needs the folder its images are in"}[case]
     assert expected in lines[0]
     assert not (out / "checkpoints").exists()  # refused before any training
 
@@ -231,3 +241,59 @@ def test_bad_input_is_one_line_naming_the_path_or_key(case, coco_data, tmp_path)
 def test_unknown_ssl_key_names_the_key(tmp_path):
     with pytest.raises(UserError, match="ssl.tempreature: unknown key"):
         pretrain_config_from_dict(ssl_dict(tmp_path, ssl={"tempreature": 0.1}))
+
+
+def test_the_target_objects_become_a_labelled_probe_set(coco_data):
+    """data.val as a COCO file: every non-crowd box, squared and widened by 15% a side, labelled by its category."""
+    annotations = coco_data / "val" / "annotations.json"
+    coco = json.loads(annotations.read_text())
+    crops = ObjectCrops(str(annotations), str(coco_data / "val" / "images"), 32, "data.val")
+    boxes = sorted((a for a in coco["annotations"] if not a.get("iscrowd", 0)), key=lambda a: (a["image_id"], a["id"]))
+    names = [c["name"] for c in sorted(coco["categories"], key=lambda c: c["id"])]
+    assert crops.classes == names and len(crops) == len(boxes) and crops.images.shape == (len(boxes), 3, 32, 32)
+    assert [crops.classes[i] for i in crops.labels.tolist()] == [
+        next(c["name"] for c in coco["categories"] if c["id"] == a["category_id"]) for a in boxes]
+    # the first crop is the first box's square, cut from its image and resized
+    a = boxes[0]
+    file_name = next(im["file_name"] for im in coco["images"] if im["id"] == a["image_id"])
+    x, y, w, h = a["bbox"]
+    side = max(w, h) * 1.3
+    with Image.open(coco_data / "val" / "images" / file_name) as im:
+        expected = im.convert("RGB").crop((round(x + w / 2 - side / 2), round(y + h / 2 - side / 2),
+                                           round(x + w / 2 + side / 2), round(y + h / 2 + side / 2)))
+        expected = np.array(expected.resize((32, 32), Image.BILINEAR))
+    assert np.array_equal(crops.images[0].permute(1, 2, 0).numpy(), expected)
+
+
+def test_probe_accuracies_on_planted_features():
+    """Two-fold kNN and linear probe: perfect on separable classes, chance on labels unrelated to the features, and
+    the linear probe finds a direction the cosine kNN cannot (a class told apart by one small coordinate)."""
+    g = torch.Generator().manual_seed(0)
+    labels = torch.arange(200) % 4
+    separable = torch.nn.functional.one_hot(labels, 4).float() * 5 + torch.randn(200, 4, generator=g) * 0.3
+    assert probe_accuracies(separable, labels, 4, k=5, t=0.1) == {"knn_top1": 100.0, "probe_top1": 100.0}
+    noise = torch.randn(200, 8, generator=g)
+    chance = probe_accuracies(noise, labels, 4, k=5, t=0.1)
+    assert 10 <= chance["knn_top1"] <= 40 and 10 <= chance["probe_top1"] <= 40
+    two = labels % 2
+    hidden = torch.randn(200, 8, generator=g) * 3  # large nuisance coordinates rule the cosine neighbours
+    hidden[:, 0] = two.float() * 0.6 + torch.randn(200, generator=g) * 0.05
+    found = probe_accuracies(hidden, two, 2, k=5, t=0.1)
+    assert found["probe_top1"] >= 95 and found["knn_top1"] <= 75
+
+
+def test_collapse_is_a_fall_of_the_spread_not_a_low_start():
+    from rethink.engine.selfsup import track_collapse
+
+    def run(spreads, last=None):
+        c = {"collapsed": False, "collapse_iter": None, "embedding_std": None, "peak_std": 0.0}
+        for i, spread in enumerate(spreads, start=1):
+            c = track_collapse(c, spread, 10 * i, 0.1, last or 10 * len(spreads))
+        return c
+
+    assert run([0.02, 0.05, 0.3, 0.4])["collapsed"] is False  # starts alike, then spreads: learning
+    fell = run([0.3, 0.4, 0.05, 0.01])
+    assert fell["collapsed"] is True and fell["collapse_iter"] == 30 and fell["peak_std"] == 0.4
+    assert run([0.3, 0.05, 0.3])["collapsed"] is False  # spread again by the end: not passed on
+    never = run([0.02, 0.03, 0.04])
+    assert never["collapsed"] is True and never["collapse_iter"] == 30  # never spread: reported at the end

@@ -30,7 +30,7 @@ def write_study(tmp_path, coco_data, step: dict):
 
 
 def test_a_step_pretrains_on_the_targets_train_split_in_place(coco_data, tmp_path):
-    path = write_study(tmp_path, coco_data, {"config": "ssl.yaml", "train_on": "target",
+    path = write_study(tmp_path, coco_data, {"config": "ssl.yaml", "train_on": "target", "probe_on": "target",
                                              "set": {"label": "MoCo v2 on the target's images"}})
     study = load_plan(path, pretrain_dir=tmp_path / "out" / "pretrain")
     assert {r.init_label for r in study.runs} == {"random", "moco_target"}
@@ -40,6 +40,10 @@ def test_a_step_pretrains_on_the_targets_train_split_in_place(coco_data, tmp_pat
     assert record["train_images"] == 24  # the COCO file's images, read where they are
     assert record["config"]["data"]["train"] == str(coco_data / "train" / "annotations.json")
     assert record["config"]["data"]["train_images"] == str(coco_data / "train" / "images")
+    # probed on the target's own training objects: 2 classes of boxes, cropped from the training images
+    assert record["config"]["data"]["val"] == str(coco_data / "train" / "annotations.json")
+    assert record["config"]["data"]["val_images"] == str(coco_data / "train" / "images")
+    assert 0 <= record["probe_top1_init"] <= 100 and 0 <= record["probe_top1"] <= 100
     pretrained = next(r for r in study.runs if r.init_label == "moco_target")
     assert pretrained.config.init == str(tmp_path / "out" / "pretrain" / "moco_target" / "backbone.safetensors")
 
@@ -48,6 +52,7 @@ def test_a_step_pretrains_on_the_targets_train_split_in_place(coco_data, tmp_pat
     ({"config": "ssl.yaml", "train_on": 3}, "pretrain.moco_target.train_on: expected `target` or an image folder"),
     ({"config": "ssl.yaml", "trian_on": "target"}, "pretrain.moco_target: unknown key trian_on"),
     ({"train_on": "target"}, "pretrain.moco_target: a mapping needs `config`"),
+    ({"config": "ssl.yaml", "probe_on": "val"}, "pretrain.moco_target.probe_on: expected `target`"),
 ])
 def test_a_bad_step_names_its_key(coco_data, tmp_path, step, message):
     with pytest.raises(UserError, match=message):

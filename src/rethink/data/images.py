@@ -19,6 +19,8 @@ from tqdm import tqdm
 from rethink.config import PretrainConfig
 from rethink.errors import UserError, reason
 
+# The most objects a COCO file gives the probe set (ObjectCrops): about 60 MiB at 64 px.
+MAX_PROBE_OBJECTS = 5000
 # data.cache_images=auto decodes into memory when all images together take at most this many bytes.
 CACHE_AUTO_BYTES = 4 * 2**30
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm")
@@ -111,6 +113,70 @@ class UnlabelledImages(DecodedImages):
         if self.images is not None:
             return self.images[torch.tensor(index)]
         return torch.stack([torch.from_numpy(read_image(self.paths[i], self.size)).permute(2, 0, 1) for i in index])
+
+
+class ObjectCrops:
+    """A detection set's objects as a labelled classification set: every non-crowd box of a COCO file, squared,
+    widened by `context` on each side and resized to (3, size, size) uint8, labelled with its category.
+
+    The quality signal of a self-supervised pre-training on the target's own images: the kNN accuracy of its
+    features on the target's own objects (its val split), which every detection user has labels for.
+    """
+
+    def __init__(self, annotations: str, images_dir: str, size: int, key: str, context: float = 0.15,
+                 max_objects: int = MAX_PROBE_OBJECTS):
+        from rethink.data.validate import check_coco
+
+        if not images_dir:
+            raise UserError(f"{key}_images: a COCO file as {key} needs the folder its images are in")
+        check = check_coco(Path(images_dir), Path(annotations), role="val", decode_images=False)
+        coco = check.coco
+        files = {im["id"]: im["file_name"] for im in coco["images"]}
+        self.classes = [c["name"] for c in sorted(coco["categories"], key=lambda c: c["id"])]
+        index = {c["id"]: i for i, c in enumerate(sorted(coco["categories"], key=lambda c: c["id"]))}
+        # sorted by image: one image open at a time
+        boxes = sorted((a for a in coco["annotations"] if not a.get("iscrowd", 0)), key=lambda a: (a["image_id"], a["id"]))
+        if len({a["category_id"] for a in boxes}) < 2 or len(boxes) < 4:
+            raise UserError(f"{key}: {annotations} needs 4+ boxes of 2+ categories for the probe accuracies")
+        if len(boxes) > max_objects:  # a fixed random subset: COCO's 860k boxes would not fit in memory
+            keep = np.random.default_rng(0).choice(len(boxes), max_objects, replace=False)
+            boxes = [boxes[i] for i in sorted(keep)]
+        crops = torch.empty((len(boxes), 3, size, size), dtype=torch.uint8)
+        opened = {}
+        for i, a in enumerate(boxes):
+            path = Path(images_dir) / files[a["image_id"]]
+            if path not in opened:
+                opened = {path: _open_rgb(path)}
+            x, y, w, h = a["bbox"]
+            side = max(w, h) * (1 + 2 * context)
+            cx, cy = x + w / 2, y + h / 2
+            crop = opened[path].crop((round(cx - side / 2), round(cy - side / 2), round(cx + side / 2),
+                                      round(cy + side / 2))).resize((size, size), Image.BILINEAR)
+            crops[i] = torch.from_numpy(np.array(crop, dtype=np.uint8)).permute(2, 0, 1)
+        self.images = crops
+        self.labels = torch.tensor([index[a["category_id"]] for a in boxes])
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def decode_all(self, progress: bool = False) -> None:
+        """Already in memory: the crops are cut when the set is made."""
+
+
+def _open_rgb(path: Path):
+    try:
+        with Image.open(path) as im:
+            return im.convert("RGB")
+    except (UnidentifiedImageError, OSError, ValueError) as e:
+        raise UserError(f"{path}: not a readable image ({reason(e)})") from None
+
+
+def labelled_probe(val: str, val_images: str, size: int):
+    """The labelled set a self-supervised pre-training's kNN accuracy is measured on (data.val): an ImageFolder,
+    or a COCO annotations file whose boxes are cropped (ObjectCrops)."""
+    if val.endswith(".json"):
+        return ObjectCrops(val, val_images, size, "data.val")
+    return ImageSet(val, size, "data.val")
 
 
 def list_images(cfg: PretrainConfig) -> list[Path]:

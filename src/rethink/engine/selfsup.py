@@ -19,9 +19,12 @@ the momentum update (update_momentum), the dense matching (select_most_similar),
 Input: any folder of images (nested folders included, class folders ignored) or a COCO annotations file whose images
 are used and whose annotations are not: a target's own training images, pre-trained on in place.
 
-Quality signal without labels: with a labelled ImageFolder as `data.val` (the bundled source's val split), the kNN
-accuracy of the backbone's pooled features, each half of the set classified by its k nearest neighbours in the other
-half, at every evaluation and once before training (random init's features, the baseline); without one, the loss.
+Quality signal without labels: with a labelled set as `data.val`, an ImageFolder (the bundled source's val split) or
+a COCO file whose boxes are cropped (the target's own objects, which every detection user has labels for), the
+linear-probe and kNN accuracies of the backbone's pooled features, by two-fold cross-validation, at every evaluation
+and once before training (random init's features, the baseline); without one, the loss. The linear probe is the
+headline: on the bundled benchmark random init's features make a strong kNN baseline that colour-invariant
+self-supervised features fall below while a linear probe on them beats it (docs/pretraining.md).
 Collapse (embeddings all alike) is measured on every log period and reported: a warning on stderr, the flag in
 pretrain.json.
 
@@ -46,7 +49,7 @@ from tqdm import tqdm
 from rethink import config as cfgmod
 from rethink import schedule as sched
 from rethink.config import PRETRAIN_RECORD, PRETRAIN_REFERENCE_BATCH, PRETRAIN_WEIGHTS, PretrainConfig, source_label
-from rethink.data.images import ImageSet, UnlabelledImages, list_images, use_cache
+from rethink.data.images import UnlabelledImages, labelled_probe, list_images, use_cache
 from rethink.data.sampling import InfiniteSampler
 from rethink.engine import checkpoint as ckpt
 from rethink.engine.loop import (Periods, PeriodMeter, RunClock, amp_dtype, open_run, param_groups, restore, run_loop,
@@ -138,27 +141,57 @@ def pooled_features(backbone, images: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def knn_accuracy(backbone, val_set: ImageSet, normalize: Normalize, device, batch_size: int, k: int, t: float) -> float:
-    """kNN top-1 (in %) of the backbone's L2-normalized pooled features on a labelled set, without augmentation:
-    the even-indexed images are classified by their k nearest neighbours among the odd-indexed ones, and the
-    other way round (each image's own feature is never its neighbour)."""
-    from lightly.utils.benchmarking import knn_predict
-
+def probe_features(backbone, probe_set, normalize: Normalize, device, batch_size: int) -> torch.Tensor:
+    """The backbone's pooled res5 features of every image of the labelled probe set, without augmentation."""
     was_training = backbone.training
     backbone.eval()
-    features = []
-    for i in range(0, len(val_set), batch_size):
-        images = val_set.images[i:i + batch_size].to(device)
-        features.append(F.normalize(pooled_features(backbone, normalize(images)).float(), dim=1))
+    features = [pooled_features(backbone, normalize(probe_set.images[i:i + batch_size].to(device))).float().cpu()
+                for i in range(0, len(probe_set), batch_size)]
     backbone.train(was_training)
-    features, labels = torch.cat(features), val_set.labels.to(device)
-    halves = torch.arange(len(val_set), device=device) % 2 == 0
-    correct = 0
-    for bank, query in ((halves, ~halves), (~halves, halves)):
-        pred = knn_predict(features[query], features[bank].T.contiguous(), labels[bank], len(val_set.classes),
-                           knn_k=min(k, int(bank.sum())), knn_t=t)
-        correct += int((pred[:, 0] == labels[query]).sum())
-    return 100.0 * correct / len(val_set)
+    return torch.cat(features)
+
+
+def knn_predict_labels(bank, bank_labels, query, classes: int, k: int, t: float) -> torch.Tensor:
+    """lightly's weighted kNN vote on L2-normalized features."""
+    from lightly.utils.benchmarking import knn_predict
+
+    bank, query = F.normalize(bank, dim=1), F.normalize(query, dim=1)
+    return knn_predict(query, bank.T.contiguous(), bank_labels, classes, knn_k=min(k, len(bank)), knn_t=t)[:, 0]
+
+
+def linear_predict_labels(train, train_labels, test, classes: int, l2: float = 1e-3) -> torch.Tensor:
+    """A linear probe: multinomial logistic regression on standardized frozen features (L-BFGS to convergence,
+    a small L2 penalty), the standard linear evaluation of self-supervised features, at the scale of a probe set."""
+    mean, std = train.mean(0), train.std(0) + 1e-6
+    train, test = (train - mean) / std, (test - mean) / std
+    weight = torch.zeros(train.shape[1], classes, dtype=torch.float64, requires_grad=True)
+    bias = torch.zeros(classes, dtype=torch.float64, requires_grad=True)
+    x, y = train.double(), train_labels
+    optimizer = torch.optim.LBFGS([weight, bias], max_iter=200, line_search_fn="strong_wolfe")
+
+    def closure():
+        optimizer.zero_grad()
+        loss = F.cross_entropy(x @ weight + bias, y) + l2 * (weight ** 2).sum()
+        loss.backward()
+        return loss
+
+    optimizer.step(closure)
+    with torch.no_grad():
+        return (test.double() @ weight + bias).argmax(1)
+
+
+def probe_accuracies(features: torch.Tensor, labels: torch.Tensor, classes: int, k: int, t: float) -> dict:
+    """kNN and linear-probe top-1 (in %) by two-fold cross-validation: one half of the images (a fixed random
+    half, whatever order the set lists them in) is classified by a classifier fitted on the other half, and the other
+    way round (no image is ever its own neighbour or training example)."""
+    even = torch.randperm(len(labels), generator=torch.Generator().manual_seed(0)) % 2 == 0
+    correct = {"knn_top1": 0, "probe_top1": 0}
+    for fit, held in ((even, ~even), (~even, even)):
+        knn = knn_predict_labels(features[fit], labels[fit], features[held], classes, k, t)
+        linear = linear_predict_labels(features[fit], labels[fit], features[held], classes)
+        correct["knn_top1"] += int((knn == labels[held]).sum())
+        correct["probe_top1"] += int((linear == labels[held]).sum())
+    return {key: 100.0 * n / len(labels) for key, n in correct.items()}
 
 
 def embedding_spread(z: torch.Tensor) -> float:
@@ -167,6 +200,21 @@ def embedding_spread(z: torch.Tensor) -> float:
     from lightly.utils.debug import std_of_l2_normalized
 
     return float(std_of_l2_normalized(z.detach().float())) * math.sqrt(z.shape[1])
+
+
+def track_collapse(collapse: dict, spread: float, done: int, threshold: float, last_iter: int) -> dict:
+    """The collapse record after a log period whose mean embedding spread is `spread`.
+
+    Collapsed: the spread fell below `threshold` after it had risen above it, or the run ends below it. A tiny
+    GroupNorm backbone's random-init embeddings start nearly alike and spread as it learns, so a low start is no
+    collapse; a spread that rises again clears the flag (it is not what the run passes on)."""
+    peak = max(collapse["peak_std"], spread)
+    out = {**collapse, "embedding_std": spread, "peak_std": peak}
+    if spread >= threshold:
+        out.update(collapsed=False, collapse_iter=None)
+    elif not collapse["collapsed"] and (peak >= threshold or done == last_iter):
+        out.update(collapsed=True, collapse_iter=done)
+    return out
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -188,9 +236,9 @@ def pretrain_selfsup(cfg: PretrainConfig, out: Path, config_dict: dict, progress
                         f"{d.train}: every image would be among its own negatives; use a smaller bank (or 0)")
     val_set = None
     if d.val:
-        val_set = ImageSet(d.val, d.image_size, "data.val")
+        val_set = labelled_probe(d.val, d.val_images, d.image_size)
         if len(val_set.classes) < 2 or len(val_set) < 4:
-            raise UserError(f"data.val: {d.val} needs 2+ class folders and 4+ images for a kNN accuracy")
+            raise UserError(f"data.val: {d.val} needs 2+ classes and 4+ images for the probe accuracies")
         val_set.decode_all(progress)
     cached = use_cache(d.cache_images, train_set.nbytes())
     if cached:
@@ -229,8 +277,9 @@ def save_backbone(path: Path, backbone, cfg: PretrainConfig, last_eval: dict) ->
     m = cfg.model
     metadata = {"producer": "rethink pretrain", "method": cfg.method, "backbone": m.backbone, "norm": m.norm,
                 "gn_groups": str(m.gn_groups)}
-    if last_eval.get("knn_top1") is not None:
-        metadata["knn_top1"] = f"{last_eval['knn_top1']:.2f}"
+    for key in ("knn_top1", "probe_top1"):
+        if last_eval.get(key) is not None:
+            metadata[key] = f"{last_eval[key]:.2f}"
     if m.backbone == "tiny":
         metadata.update(tiny_widths=",".join(map(str, m.tiny_widths)), tiny_depths=",".join(map(str, m.tiny_depths)))
     state = bb.body_state_dict(backbone)
@@ -240,11 +289,11 @@ def save_backbone(path: Path, backbone, cfg: PretrainConfig, last_eval: dict) ->
 class SelfSupSteps:
     """One self-supervised iteration, and the log line, evaluation and checkpoint state the loop asks for."""
 
-    headline = "knn_top1"
+    headline = "probe_top1"
     shown = ("loss", "lr", "img_per_s")
 
     def __init__(self, cfg: PretrainConfig, out: Path, query, key, optimizer, train_set: UnlabelledImages,
-                 val_set: ImageSet | None, device, start_iter: int, state: dict | None, run_start: float):
+                 val_set, device, start_iter: int, state: dict | None, run_start: float):
         from lightly.loss import NTXentLoss
 
         self.cfg, self.out, self.query, self.key, self.optimizer = cfg, out, query, key, optimizer
@@ -257,9 +306,10 @@ class SelfSupSteps:
                                 if cfg.method == "densecl" else None)
         self.counts = {"images_seen": 0, "pixels_seen": 0}
         self.normalize = Normalize(device)
-        self.headline = "knn_top1" if val_set is not None else "loss"
-        # collapse: the first log period whose embedding spread fell below ssl.collapse_std, and the latest spread
-        self.collapse = {"collapsed": False, "collapse_iter": None, "embedding_std": None}
+        self.headline = "probe_top1" if val_set is not None else "loss"
+        # collapse (track_collapse): whether, and at which log iteration, the embeddings' spread fell; the latest
+        # spread and the highest so far
+        self.collapse = {"collapsed": False, "collapse_iter": None, "embedding_std": None, "peak_std": 0.0}
         self.period = PeriodMeter(state["period"] if state is not None else None)
         self.clock = RunClock(state["times"] if state is not None else None, run_start)
         if state is not None:
@@ -269,12 +319,13 @@ class SelfSupSteps:
                 criterion.memory_bank.bank_ptr.copy_(banks["bank_ptr"])
             self.counts.update(state["counts"])
             self.collapse.update(state["collapse"])
-            self.last_eval, self.knn_init, self.last_loss = state["last_eval"], state["knn_init"], state["last_loss"]
+            self.last_eval, self.signals_init, self.last_loss = (state["last_eval"], state["signals_init"],
+                                                                 state["last_loss"])
         else:
             self.last_eval, self.last_loss = {}, None
             t0 = time.perf_counter()
             # random init's features: the baseline the pre-trained features must beat
-            self.knn_init = self._knn() if val_set is not None else None
+            self.signals_init = self._signals() if val_set is not None else {}
             self.clock.add("eval_time_s", time.perf_counter() - t0)
         sampler = InfiniteSampler(len(train_set), cfg.solver.batch_size, cfg.seed, 0.0, start_iter)
         self.batches = ViewBatches(train_set, sampler, build_transform(cfg), cfg.seed)
@@ -290,10 +341,12 @@ class SelfSupSteps:
     def _criteria(self):
         return [c for c in (self.criterion, self.criterion_dense) if c is not None]
 
-    def _knn(self):
+    def _signals(self) -> dict:
+        """kNN and linear-probe top-1 of the query backbone's features on the labelled probe set."""
         x = self.cfg.ssl
-        return knn_accuracy(self.query.backbone, self.val_set, self.normalize, self.device,
-                            self.cfg.solver.batch_size, x.knn_k, x.knn_t)
+        features = probe_features(self.query.backbone, self.val_set, self.normalize, self.device,
+                                  self.cfg.solver.batch_size)
+        return probe_accuracies(features, self.val_set.labels, len(self.val_set.classes), x.knn_k, x.knn_t)
 
     def _views(self, it: int):
         view_q, view_k = next(self.data_iter) if self.data_iter is not None else self.batches[it]
@@ -343,9 +396,10 @@ class SelfSupSteps:
                "embedding_std": spread, **p.rates(), **self.counts}
         if self.criterion_dense is not None:
             row["loss_dense"] = p.mean("loss_dense")
-        self.collapse["embedding_std"], self.last_loss = spread, mean_loss
-        if spread < self.cfg.ssl.collapse_std and not self.collapse["collapsed"]:
-            self.collapse.update(collapsed=True, collapse_iter=done)
+        self.last_loss = mean_loss
+        was = self.collapse["collapsed"]
+        self.collapse = track_collapse(self.collapse, spread, done, self.cfg.ssl.collapse_std, self.cfg.solver.iters)
+        if self.collapse["collapsed"] and not was:
             tqdm.write(f"{self.out}: warning: the embeddings have collapsed (std {spread:.3f} < ssl.collapse_std "
                        f"{self.cfg.ssl.collapse_std:g} at iteration {done}): all images map to nearly the same "
                        "vector; lower solver.base_lr or ssl.momentum, or raise ssl.temperature", file=sys.stderr)
@@ -354,7 +408,7 @@ class SelfSupSteps:
 
     def evaluate(self, done: int) -> dict:
         t0 = time.perf_counter()
-        self.last_eval = {"knn_top1": self._knn() if self.val_set is not None else None,
+        self.last_eval = {**(self._signals() if self.val_set is not None else {}),
                           "embedding_std": self.collapse["embedding_std"]}
         if self.val_set is None:  # no labels: the signal is the loss of the latest log period
             self.last_eval["loss"] = self.last_loss
@@ -370,16 +424,18 @@ class SelfSupSteps:
                 "banks": [{"bank": c.memory_bank.bank.clone(), "bank_ptr": c.memory_bank.bank_ptr.clone()}
                           for c in self._criteria()],
                 "counts": dict(self.counts), "times": self.clock.elapsed(), "collapse": dict(self.collapse),
-                "last_eval": self.last_eval, "knn_init": self.knn_init, "last_loss": self.last_loss,
+                "last_eval": self.last_eval, "signals_init": self.signals_init, "last_loss": self.last_loss,
                 "period": self.period.state_dict(), "config": cfgmod.to_dict(self.cfg)}
 
     def record(self, train_images: int, val_images: int, cached: bool, config_dict: dict) -> dict:
-        """pretrain.json: the signal (kNN accuracy, random init's, collapse) and what the pre-training cost."""
+        """pretrain.json: the signals (kNN and linear-probe accuracies, random init's, collapse) and what the
+        pre-training cost."""
         s, times = self.cfg.solver, self.clock.elapsed()
         train_s = times["train_time_s"]
         return {
             "method": self.cfg.method, "label": source_label(self.cfg),
-            "knn_top1": self.last_eval.get("knn_top1"), "knn_top1_init": self.knn_init,
+            "knn_top1": self.last_eval.get("knn_top1"), "knn_top1_init": self.signals_init.get("knn_top1"),
+            "probe_top1": self.last_eval.get("probe_top1"), "probe_top1_init": self.signals_init.get("probe_top1"),
             "loss": self.last_loss, **self.collapse,
             "iters": s.iters, "batch_size": s.batch_size, "images_seen": self.counts["images_seen"],
             "pixels_seen": self.counts["pixels_seen"], "views_per_image": VIEWS,

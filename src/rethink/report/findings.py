@@ -12,6 +12,7 @@ from rethink.report.stats import (
     images_needed, is_number, iters_to_fraction, mean_std, paired_difference, ratio_interval, seeds_to_settle,
     speedup_at_levels, within_status,
 )
+from rethink.study.plan import other_key
 from rethink.study.results import PRIMARY, RANDOM, RunRecord, StudyResults, read_json_or_fail, size_sort_key
 
 
@@ -51,7 +52,7 @@ def build_cells(runs: list) -> list:
         if run.state == "done":
             groups.setdefault(run.cell_key, []).append(run)
     cells = []
-    for (init, schedule, train_size, other_key), members in groups.items():
+    for (init, schedule, train_size, group_key), members in groups.items():
         members.sort(key=lambda r: r.seed)
         finals = [r.final.get("final") or {} for r in members]
         bests = [r.final.get("best") or {} for r in members]
@@ -62,7 +63,7 @@ def build_cells(runs: list) -> list:
             "train_size": train_size,
             "train_images": next((r.train_images for r in members if r.train_images is not None), None),
             "other": members[0].other,
-            "other_key": other_key,
+            "other_key": group_key,
             "n_seeds": len(members),
             "seeds": [r.seed for r in members],
             "runs": [r.name for r in members],
@@ -103,14 +104,14 @@ def _best_ap(run):
 class _Grid:
     """Done runs indexed by cell and seed, for one pretrained source against random in one `other` group."""
 
-    def __init__(self, runs, source, other_key, cells):
-        self.source, self.other_key = source, other_key
+    def __init__(self, runs, source, group_key, cells):
+        self.source, self.other_key = source, group_key
         self.by_cell = {}
         for run in runs:
-            if run.state == "done" and run.other_key == other_key:
+            if run.state == "done" and run.other_key == group_key:
                 self.by_cell.setdefault((run.init, run.schedule, run.train_size), {})[run.seed] = run
         self.cell_info = {(c["init"], c["schedule"], c["train_size"]): c
-                          for c in cells if c["other_key"] == other_key}
+                          for c in cells if c["other_key"] == group_key}
         # (schedule, size) where both arms have at least one common seed
         self.common = {}
         for (init, schedule, size), seeds in self.by_cell.items():
@@ -154,13 +155,13 @@ def comparisons(study: StudyResults, cells: list) -> list:
     out = []
     keys = _metric_keys([(r.final or {}).get("final") or {} for r in study.runs if r.state == "done"])
     wanted = [k for k in keys if k.split("/")[1] in ("AP", "AP50", "AP75")]
-    for other_key in sorted({c["other_key"] for c in cells}):
+    for group_key in sorted({c["other_key"] for c in cells}):
         for source in study.sources:
-            grid = _Grid(study.runs, source, other_key, cells)
+            grid = _Grid(study.runs, source, group_key, cells)
             for size in grid.sizes():
                 for schedule in grid.schedules(size):
                     entry = {"source": source, "schedule": schedule, "train_size": size,
-                             "train_images": grid.train_images(size), "other": json.loads(other_key),
+                             "train_images": grid.train_images(size), "other": json.loads(group_key),
                              "seeds": grid.common[(schedule, size)], "final": {}, "best": {}}
                     for key in wanted:
                         entry["final"][key] = grid.pair(schedule, size, _final_metric(key))
@@ -569,7 +570,8 @@ def compute_comparison(grid: _Grid, catches_up: dict, cost: dict) -> dict | None
             "pretrained_total": total, "random": random, "pretrained_over_random": ratio}
 
 
-def questions(source: str | None, findings: dict, compute: dict | None, by_source: dict, margin: float) -> dict:
+def questions(source: str | None, findings: dict, compute: dict | None, by_source: dict, costs: dict,
+              margin: float) -> dict:
     """The seed's four questions (and which source is best), answered as data from the findings."""
     catch, fast, small = findings["catches_up"], findings["converges_faster"], findings["small_data_hurts_random"]
     answer = {HOLDS: "no", DOES_NOT_HOLD: "yes", NOT_ENOUGH: "unclear"}
@@ -590,17 +592,38 @@ def questions(source: str | None, findings: dict, compute: dict | None, by_sourc
                                 "within_tried" if first else "longer_than_tried")},
     }
     if len(by_source) > 1:
-        ranked = []
-        for source, f in by_source.items():
-            c = f["catches_up"]
-            if "gap" in c:
-                ranked.append({"source": source, "ap_best": c["ap_pretrained_best"],
-                               "schedule": c["schedule_best_pretrained"],
-                               "ahead_of_random_at_longest": ahead_status(c["gaps_by_schedule"][-1]["gap"], margin)})
-        ranked.sort(key=lambda r: -(r["ap_best"] if r["ap_best"] is not None else -math.inf))
-        out["best_source"] = {"ranking": ranked, "best": ranked[0]["source"] if ranked else None,
-                              "any_ahead_at_longest": any(r["ahead_of_random_at_longest"] == HOLDS for r in ranked)}
+        out["best_source"] = rank_sources(by_source, costs, margin)
     return out
+
+
+def rank_sources(by_source: dict, costs: dict, margin: float) -> dict:
+    """Which pretrained source is best. At the largest training set: each source's best final AP over its
+    schedules, its paired gap to random init at the longest schedule (mean, 95% interval) and what its
+    pre-training cost; per training-set size, the sources in order of their best AP (at equal labelled data)."""
+    ranked, sizes = [], {}
+    for source, f in by_source.items():
+        c = f["catches_up"]
+        if "gap" in c:
+            last = c["gaps_by_schedule"][-1]["gap"]
+            cost = costs.get(source) or {}
+            ranked.append({"source": source, "ap_best": c["ap_pretrained_best"], "schedule": c["schedule_best_pretrained"],
+                           "gap_to_random_at_longest": last, "ahead_of_random_at_longest": ahead_status(last, margin),
+                           "pretraining_images": cost.get("images"), "pretraining_pixels": cost.get("pixels")})
+        for p in f["small_data_hurts_random"].get("by_size") or []:
+            entry = sizes.setdefault(p["train_size"], {"train_size": p["train_size"], "train_images": p["train_images"],
+                                                       "sources": []})
+            entry["sources"].append({"source": source, "ap_best": p["gap"]["a_mean"], "gap_to_random": p["gap"]})
+
+    def best_first(r):
+        return -(r["ap_best"] if r["ap_best"] is not None else -math.inf)
+
+    ranked.sort(key=best_first)
+    for entry in sizes.values():
+        entry["sources"].sort(key=best_first)
+    by_size = sorted(sizes.values(), key=lambda e: size_sort_key(e["train_size"], e["train_images"]))
+    return {"ranking": ranked, "best": ranked[0]["source"] if ranked else None,
+            "any_ahead_at_longest": any(r["ahead_of_random_at_longest"] == HOLDS for r in ranked),
+            "by_size": by_size if len(by_size) > 1 else []}
 
 
 def _clean(obj):
@@ -617,17 +640,17 @@ def _clean(obj):
 def summarize(study: StudyResults) -> dict:
     """Everything the report shows, as plain JSON-able data (written as report/summary.json)."""
     cells = build_cells(study.runs)
-    other_keys = sorted({c["other_key"] for c in cells}) or [json.dumps({})]
+    other_keys = sorted({c["other_key"] for c in cells}) or [other_key({})]
     sources = study.sources
 
     costs = {s: pretraining_cost(study.pretrain.get(s), study.init_cost.get(s), study.weights_meta.get(s))
              for s in sources}
     verdicts = []
-    for other_key in other_keys:
+    for group_key in other_keys:
         for source in sources:
-            grid = _Grid(study.runs, source, other_key, cells)
+            grid = _Grid(study.runs, source, group_key, cells)
             findings = findings_for(grid, study.margin_ap)
-            verdicts.append({"source": source, "other": json.loads(other_key), "findings": findings,
+            verdicts.append({"source": source, "other": json.loads(group_key), "findings": findings,
                              "compute": compute_comparison(grid, findings["catches_up"], costs[source]),
                              "worth_in_images": worth_in_images(grid)})
     if sources:
@@ -652,7 +675,7 @@ def summarize(study: StudyResults) -> dict:
         "n_runs": len(study.runs),
         "cells": [{k: v for k, v in c.items() if k != "other_key"} for c in cells],
         "comparisons": comparisons(study, cells),
-        "questions": questions(sources[0] if sources else None, top, compute, by_source, study.margin_ap),
+        "questions": questions(sources[0] if sources else None, top, compute, by_source, costs, study.margin_ap),
         # the headline comparison (the first source against random, in the first other-axis group) ...
         "headline": {"source": verdicts[0]["source"], "other": verdicts[0]["other"]} if verdicts else None,
         "findings": top,

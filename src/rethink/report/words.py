@@ -374,12 +374,24 @@ def _how_long_answer(h: dict, source: str, catch: dict) -> str:
 
 
 def _best_source_answer(b: dict, labels: dict) -> str:
-    ranking = ", ".join(f"{labels.get(r['source'], r['source'])} {fmt_ap(r['ap_best'])} AP ({r['schedule']})"
-                        for r in b["ranking"])
-    ahead = [labels.get(r["source"], r["source"]) for r in b["ranking"] if r["ahead_of_random_at_longest"] == HOLDS]
-    return (f"{labels.get(b['best'], b['best'])} is best ({ranking}). "
+    def name(source):
+        return labels.get(source, source)
+
+    ranking = "; ".join(
+        f"{name(r['source'])} {fmt_ap(r['ap_best'])} AP ({r['schedule']}; against random init at the longest "
+        f"schedule {_vs(r['gap_to_random_at_longest'])}; " + (
+            f"pre-training {fmt_count(r['pretraining_images'])} images)" if r["pretraining_images"] is not None
+            else "pre-training cost not recorded)")
+        for r in b["ranking"])
+    ahead = [name(r["source"]) for r in b["ranking"] if r["ahead_of_random_at_longest"] == HOLDS]
+    text = (f"{name(b['best'])} is best ({ranking}). "
             + (f"Ahead of random init by more than the margin at the longest schedule: {', '.join(ahead)}."
                if ahead else "None is ahead of random init by more than the margin at the longest schedule."))
+    if b.get("by_size"):
+        text += " At equal labelled data, best first: " + "; ".join(
+            f"{size_label(e['train_size'], e['train_images'])}: "
+            + ", ".join(f"{name(s['source'])} {fmt_ap(s['ap_best'])}" for s in e["sources"]) for e in b["by_size"]) + "."
+    return text
 
 
 def add_text(summary: dict) -> dict:
