@@ -405,7 +405,7 @@ def test_broken_run_files_are_listed_and_the_rest_still_reports(tmp_path):
 def test_sources_are_named_by_their_pretraining_label(tmp_path):
     """A source's pretrain.json label ("supervised on shapes") names it in the sentences and the legends; a source
     without one keeps its step name."""
-    from rethink.report.figures import init_label
+    from rethink.report.figure_style import init_label
 
     path = make_study(tmp_path, inits=("random", "pretrain", "imagenet"))
     record = path / "pretrain" / "pretrain" / "pretrain.json"

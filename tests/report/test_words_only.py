@@ -1,5 +1,6 @@
-"""Every sentence of the report is built in words.py: render.py lays out pages and figures.py draws, neither writes
-prose (a sentence template there would drift from the words the findings and answers use)."""
+"""Every sentence of the report is built in words.py (the figures' in captions.py): render.py lays out pages and
+figures.py and figure_style.py draw, none writes prose (a sentence template there would drift from the words the
+findings and answers use)."""
 
 import ast
 from pathlib import Path
@@ -32,7 +33,7 @@ def prose(path: Path) -> list:
 
 
 def test_render_and_figures_build_no_sentences():
-    for name in ("render.py", "figures.py"):
+    for name in ("render.py", "figures.py", "figure_style.py"):
         assert prose(REPORT / name) == [], name
 
 

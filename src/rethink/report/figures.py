@@ -1,11 +1,9 @@
 """The report's figures, drawn with matplotlib's object API (no pyplot: no global figure state, no GUI backend).
 
-Every figure is written as PNG (150 dpi, embedded in index.html) and SVG (for papers) under report/figures/.
-Conventions shared by all figures: one color per init (random init always blue), one line style per
-schedule (the longest solid), AP on COCO's 0-100 scale, counts in engineering notation.
+Every figure is written as PNG and SVG under report/figures/, with the colors, line styles and panels that
+figure_style.py gives them all; counts are in engineering notation.
 """
 
-import io
 import json
 import math
 from pathlib import Path
@@ -16,58 +14,14 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 from matplotlib.ticker import EngFormatter, FixedLocator, NullLocator
 
-from rethink.fileio import atomic_write_bytes
-from rethink.report import words
+from rethink.report import captions, words
+from rethink.report.figure_style import (
+    AP_LABEL, DPI, DROP_COLOR, RANDOM_COLOR, STYLE, init_color, init_label, inits_in_order, panel_grid, panel_title,
+    save_figure, schedule_styles,
+)
 from rethink.report.findings import all_verdicts
 from rethink.study.plan import other_key
 from rethink.study.results import PRIMARY, RANDOM, size_sort_key
-
-DPI = 150
-RANDOM_COLOR = "#1f77b4"
-SOURCE_COLORS = ["#e6550d", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#17becf"]
-# longest schedule first: it carries the shared trajectory, so it gets the solid line
-SCHEDULE_STYLES = ["-", "--", "-.", ":", (0, (5, 1, 1, 1)), (0, (1, 1)), (0, (8, 2))]
-DROP_COLOR = "0.6"
-
-STYLE = {
-    "font.size": 9,
-    "axes.titlesize": 9.5,
-    "axes.labelsize": 9,
-    "legend.fontsize": 8,
-    "xtick.labelsize": 8,
-    "ytick.labelsize": 8,
-    "axes.spines.top": False,
-    "axes.spines.right": False,
-    "axes.grid": True,
-    "grid.color": "0.9",
-    "grid.linewidth": 0.6,
-    "svg.hashsalt": "rethink-report",  # stable ids: the same study gives the same SVG bytes
-}
-
-AP_LABEL = "box AP (%)"
-
-
-def init_color(init: str, sources: list) -> str:
-    if init == RANDOM:
-        return RANDOM_COLOR
-    return SOURCE_COLORS[sources.index(init) % len(SOURCE_COLORS)] if init in sources else "0.3"
-
-
-def init_label(init: str, study) -> str:
-    if init == RANDOM:
-        return "random init"
-    label = study.label(init)
-    return label if label != init else f"pretrained: {init}"
-
-
-def _schedule_styles(factors_by_schedule: dict) -> dict:
-    ordered = sorted(factors_by_schedule, key=lambda s: -factors_by_schedule[s])
-    return {s: SCHEDULE_STYLES[i % len(SCHEDULE_STYLES)] for i, s in enumerate(ordered)}
-
-
-def _inits_in_order(study) -> list:
-    inits = [RANDOM] if any(r.init == RANDOM for r in study.runs) else []
-    return inits + study.sources
 
 
 def _finite(v) -> bool:
@@ -101,55 +55,19 @@ def moving_average(values: list, window: int) -> list:
     return out
 
 
-def _panel_grid(keys: list, width: float, height: float, max_cols: int = 3, extra_height: float = 0.9):
-    """A figure with one axes per key, in key order; keys start with the other-axis key.
-
-    With one other-axis value the panels wrap at max_cols; with several, each value gets its own row
-    so that the same training-set size sits in the same column.
-    """
-    groups = []
-    for key in keys:
-        if not groups or groups[-1][0] != key[0]:
-            groups.append((key[0], []))
-        groups[-1][1].append(key)
-    if len(groups) == 1:
-        ncols = min(max_cols, len(keys))
-        nrows = math.ceil(len(keys) / ncols)
-        positions = [(i // ncols, i % ncols) for i in range(len(keys))]
-    else:
-        ncols = max(len(members) for _, members in groups)
-        nrows = len(groups)
-        positions = [(row, col) for row, (_, members) in enumerate(groups) for col in range(len(members))]
-    # at least the width of a two-column paper figure, so the legend above fits one or two panels
-    fig_width = max(width * ncols + 0.3, 6.4)
-    fig = Figure(figsize=(fig_width, height * nrows + extra_height), dpi=DPI, layout="constrained")
-    grid = fig.subplots(nrows, ncols, squeeze=False)
-    used = set(positions)
-    for row in range(nrows):
-        for col in range(ncols):
-            if (row, col) not in used:
-                grid[row][col].set_visible(False)
-    return fig, [grid[row][col] for row, col in positions]
+def _log_x_ticks(ax, ticks: dict, **label_style):
+    """A log-scale x axis with a labelled tick at each key of `ticks` (its label the value) and no minor ticks."""
+    ax.set_xscale("log")
+    ax.xaxis.set_major_locator(FixedLocator(sorted(ticks)))
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.set_xticklabels([ticks[t] for t in sorted(ticks)], **label_style)
 
 
-def _save(fig: Figure, out_dir: Path, name: str) -> tuple:
-    png, svg = out_dir / f"{name}.png", out_dir / f"{name}.svg"
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=DPI)
-    atomic_write_bytes(png, buffer.getvalue())
-    buffer = io.BytesIO()
-    # the layout solved for the PNG holds for the SVG too (positions are figure fractions): skip solving it again
-    fig.set_layout_engine("none")
-    # no creation date in the SVG: re-rendering an unchanged study gives identical files
-    fig.savefig(buffer, format="svg", metadata={"Date": None})
-    atomic_write_bytes(svg, buffer.getvalue())
-    return png, svg
-
-
-def _panel_title(size, images, other: dict) -> str:
-    title = words.size_label(size, images)
-    label = words.other_label(other)
-    return f"{title}\n{label}" if label else title
+def _drawn(fig: Figure, out_dir: Path, name: str, caption: str) -> tuple:
+    """Write the figure; return (its entry in the report, None: no reason it is not drawn)."""
+    png, svg = save_figure(fig, out_dir, name)
+    return {"name": name, "title": captions.FIGURE_TITLES[name], "caption": caption,
+            "png": png, "svg": svg, "width_in": float(fig.get_figwidth())}, None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -157,10 +75,45 @@ def _panel_title(size, images, other: dict) -> str:
 # ---------------------------------------------------------------------------------------------
 
 
+def _branch_start(cell: list, drawn_names: set):
+    """A forked run repeats its trunk's curve up to the fork: draw only its own branch, from the last evaluation
+    at or before the fork so that it joins the trunk's line. None: the cell's whole curve is its own."""
+    forks = {r.fork_iter for r in cell}
+    if len(forks) == 1 and None not in forks and all(r.trunk in drawn_names for r in cell):
+        fork = forks.pop()
+        return max((row["iter"] for r in cell for row in r.evals if row["iter"] <= fork), default=fork)
+    return None
+
+
+def _iterations_panel(ax, runs: list, factors: dict, styles: dict, inits: list, sources: list, drawn_names: set):
+    """One panel's curves, longest schedule first, each schedule's LR drops before its curves; True where a
+    min-max band over seeds was drawn."""
+    any_band = False
+    drops_seen = set()
+    for schedule in sorted({r.schedule for r in runs}, key=lambda s: -factors[s]):
+        for d in next(r for r in runs if r.schedule == schedule).drops:
+            if d not in drops_seen:
+                ax.axvline(d, color=DROP_COLOR, ls=":", lw=0.9, zorder=1)
+                drops_seen.add(d)
+        for init in inits:
+            cell = [r for r in runs if r.init == init and r.schedule == schedule]
+            if not cell:
+                continue
+            iters, means, lows, highs, counts = mean_curve(cell, PRIMARY, start=_branch_start(cell, drawn_names))
+            if not iters:
+                continue
+            color = init_color(init, sources)
+            ax.plot(iters, means, color=color, ls=styles[schedule], lw=1.5, zorder=3)
+            if max(counts) > 1:
+                ax.fill_between(iters, lows, highs, color=color, alpha=0.18, lw=0, zorder=2)
+                any_band = True
+    return any_band
+
+
 def figure_ap_vs_iterations(study, out_dir: Path):
     drawn = [r for r in study.runs if r.state in ("done", "running") and r.evals]
     if not drawn:
-        return None, words.NOT_DRAWN["no_evaluation"]
+        return None, captions.NOT_DRAWN["no_evaluation"]
     drawn_names = {r.name for r in drawn}
     panels = {}
     for run in drawn:
@@ -168,44 +121,16 @@ def figure_ap_vs_iterations(study, out_dir: Path):
                            run.train_images), []).append(run)
     keys = sorted(panels, key=lambda k: k[:2])
     factors = {r.schedule: r.schedule_factor for r in drawn}
-    styles = _schedule_styles(factors)
-    inits = _inits_in_order(study)
+    styles = schedule_styles(factors)
+    inits = inits_in_order(study)
     sources = study.sources
     any_band = False
 
-    fig, axes = _panel_grid(keys, 3.6, 2.9)
+    fig, axes = panel_grid(keys, 3.6, 2.9)
     for ax, key in zip(axes, keys):
-        runs = panels[key]
-        other, size, images = json.loads(key[0]), key[2], key[3]
-        drops_seen = set()
-        for schedule in sorted({r.schedule for r in runs}, key=lambda s: -factors[s]):
-            for run in runs:
-                if run.schedule == schedule:
-                    for d in run.drops:
-                        if d not in drops_seen:
-                            ax.axvline(d, color=DROP_COLOR, ls=":", lw=0.9, zorder=1)
-                            drops_seen.add(d)
-                    break
-            for init in inits:
-                cell = [r for r in runs if r.init == init and r.schedule == schedule]
-                if not cell:
-                    continue
-                # A forked run repeats its trunk's curve up to the fork: draw only its own branch,
-                # from the last evaluation at or before the fork so that it joins the trunk's line.
-                forks = {r.fork_iter for r in cell}
-                start = None
-                if len(forks) == 1 and None not in forks and all(r.trunk in drawn_names for r in cell):
-                    fork = forks.pop()
-                    start = max((row["iter"] for r in cell for row in r.evals if row["iter"] <= fork), default=fork)
-                iters, means, lows, highs, counts = mean_curve(cell, PRIMARY, start=start)
-                if not iters:
-                    continue
-                color = init_color(init, sources)
-                ax.plot(iters, means, color=color, ls=styles[schedule], lw=1.5, zorder=3)
-                if max(counts) > 1:
-                    ax.fill_between(iters, lows, highs, color=color, alpha=0.18, lw=0, zorder=2)
-                    any_band = True
-        ax.set_title(_panel_title(size, images, other))
+        if _iterations_panel(ax, panels[key], factors, styles, inits, sources, drawn_names):
+            any_band = True
+        ax.set_title(panel_title(key[2], key[3], json.loads(key[0])))
         ax.set_xlabel("iterations")
         ax.set_ylabel(AP_LABEL)
         ax.xaxis.set_major_formatter(EngFormatter(sep=""))
@@ -219,10 +144,7 @@ def figure_ap_vs_iterations(study, out_dir: Path):
         handles.append(Patch(color="0.5", alpha=0.25, lw=0, label="min-max over seeds"))
     # two rows filled column by column: the inits share the first column, the schedules follow
     fig.legend(handles=handles, loc="outside upper center", ncols=math.ceil(len(handles) / 2), frameon=False)
-    png, svg = _save(fig, out_dir, "ap_vs_iterations")
-    caption = words.caption_ap_vs_iterations()
-    return {"name": "ap_vs_iterations", "title": words.FIGURE_TITLES["ap_vs_iterations"], "caption": caption,
-            "png": png, "svg": svg, "width_in": float(fig.get_figwidth())}, None
+    return _drawn(fig, out_dir, "ap_vs_iterations", captions.caption_ap_vs_iterations())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -237,11 +159,11 @@ def figure_ap_vs_schedule(study, cells, out_dir: Path):
                            size_sort_key(cell["train_size"], cell["train_images"]),
                            cell["train_size"], cell["train_images"]), []).append(cell)
     if not any(len({c["schedule"] for c in group}) >= 2 for group in panels.values()):
-        return None, words.NOT_DRAWN["one_schedule"]
+        return None, captions.NOT_DRAWN["one_schedule"]
     keys = sorted(panels, key=lambda k: k[:2])
-    inits = _inits_in_order(study)
+    inits = inits_in_order(study)
     sources = study.sources
-    fig, axes = _panel_grid(keys, 3.2, 2.7)
+    fig, axes = panel_grid(keys, 3.2, 2.7)
     for ax, key in zip(axes, keys):
         group = panels[key]
         ticks = {}
@@ -258,19 +180,13 @@ def figure_ap_vs_schedule(study, cells, out_dir: Path):
             ax.errorbar(xs, ys, yerr=errs, color=init_color(init, sources), marker="o", ms=4, lw=1.5,
                         capsize=3, label=init_label(init, study))
             ticks.update({c["schedule_factor"]: c["schedule"] for c in mine})
-        ax.set_xscale("log")
-        ax.xaxis.set_major_locator(FixedLocator(sorted(ticks)))
-        ax.xaxis.set_minor_locator(NullLocator())
-        ax.set_xticklabels([ticks[t] for t in sorted(ticks)])
+        _log_x_ticks(ax, ticks)
         ax.set_xlabel("schedule length (log scale)")
         ax.set_ylabel(f"final {AP_LABEL}")
-        ax.set_title(_panel_title(key[2], key[3], json.loads(key[0])))
+        ax.set_title(panel_title(key[2], key[3], json.loads(key[0])))
     handles = [Line2D([], [], color=init_color(i, sources), marker="o", lw=1.5, label=init_label(i, study)) for i in inits]
     fig.legend(handles=handles, loc="outside upper center", ncols=len(handles), frameon=False)
-    png, svg = _save(fig, out_dir, "ap_vs_schedule")
-    caption = words.caption_ap_vs_schedule()
-    return {"name": "ap_vs_schedule", "title": words.FIGURE_TITLES["ap_vs_schedule"], "caption": caption,
-            "png": png, "svg": svg, "width_in": float(fig.get_figwidth())}, None
+    return _drawn(fig, out_dir, "ap_vs_schedule", captions.caption_ap_vs_schedule())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -283,32 +199,61 @@ def _size_tick(size, images) -> str:
     return f"{text}\n(full)" if size == "full" else text
 
 
+def _best_per_size(group: list, init: str) -> list:
+    """Per size, the arm at its best: the schedule whose curve peaks highest (mean over seeds), as the paper
+    gives each arm its best schedule on small data; smallest size first."""
+    by_size = {}
+    for c in group:
+        if c["init"] == init and c["best"].get(PRIMARY, {}).get("mean") is not None:
+            kept = by_size.get(c["train_size"])
+            if kept is None or c["best"][PRIMARY]["mean"] > kept["best"][PRIMARY]["mean"]:
+                by_size[c["train_size"]] = c
+    return sorted(by_size.values(), key=lambda c: c["train_images"])
+
+
+def _size_marks(ax, verdict: dict | None) -> set:
+    """What pre-training is worth in images (arrows) and where random init breaks down; returns the marks drawn."""
+    marked = set()
+    # worth in images: from pretrained's best at n across to the size random init needs for the same AP
+    for row in ((verdict or {}).get("worth_in_images") or {}).get("by_size", []):
+        if row["bound"] is None and row["ap_pretrained_best"] is not None:
+            y = row["ap_pretrained_best"]
+            ax.annotate("", xy=(row["images_needed"], y), xytext=(row["train_images"], y),
+                        arrowprops={"arrowstyle": "->", "color": "0.35", "lw": 0.9, "ls": ":"})
+            marked.add("worth")
+    # breakdown: between the largest size where random is behind and the smallest where it is within
+    small = verdict["findings"]["small_data_hurts_random"] if verdict else {}
+    behind, within = small.get("largest_images_behind"), small.get("smallest_images_within_margin")
+    if behind and within:
+        ax.axvspan(behind, within, color="0.85", alpha=0.6, lw=0, zorder=0)
+        ax.text(math.sqrt(behind * within), 0.04, "breakdown", transform=ax.get_xaxis_transform(),
+                ha="center", va="bottom", fontsize=8, color="0.3")
+        marked.add("region")
+    elif behind:
+        ax.axvline(behind, color="0.5", ls="--", lw=1, zorder=0)
+        ax.text(behind, 0.97, " random behind\n up to here", transform=ax.get_xaxis_transform(),
+                ha="left", va="top", fontsize=8, color="0.3")
+        marked.add("line")
+    return marked
+
+
 def figure_ap_vs_size(study, cells, summary, out_dir: Path):
     panels = {}
     for cell in cells:
         if cell["train_images"] is not None:  # a log-scale x needs the number of images
             panels.setdefault(other_key(cell["other"]), []).append(cell)
     if not any(len({c["train_size"] for c in group}) >= 2 for group in panels.values()):
-        return None, words.NOT_DRAWN["one_size"]
+        return None, captions.NOT_DRAWN["one_size"]
     keys = sorted(panels)
-    inits = _inits_in_order(study)
+    inits = inits_in_order(study)
     sources = study.sources
     # one panel is the common case: give it the width of a two-column paper figure
-    fig, axes = _panel_grid([(k,) for k in keys], 4.6, 3.2, max_cols=2)
+    fig, axes = panel_grid([(k,) for k in keys], 4.6, 3.2, max_cols=2)
     marked = set()  # which breakdown marks were drawn, for the legend
     for ax, group_key in zip(axes, keys):
-        group = panels[group_key]
         ticks = {}
         for init in inits:
-            # per size, the arm at its best: the schedule whose curve peaks highest (mean over seeds), as the
-            # paper gives each arm its best schedule on small data
-            by_size = {}
-            for c in group:
-                if c["init"] == init and c["best"].get(PRIMARY, {}).get("mean") is not None:
-                    kept = by_size.get(c["train_size"])
-                    if kept is None or c["best"][PRIMARY]["mean"] > kept["best"][PRIMARY]["mean"]:
-                        by_size[c["train_size"]] = c
-            points = sorted(by_size.values(), key=lambda c: c["train_images"])
+            points = _best_per_size(panels[group_key], init)
             if not points:
                 continue
             xs = [c["train_images"] for c in points]
@@ -316,38 +261,14 @@ def figure_ap_vs_size(study, cells, summary, out_dir: Path):
             errs = [c["best"][PRIMARY]["std"] or 0.0 for c in points]
             ax.errorbar(xs, ys, yerr=errs, color=init_color(init, sources), marker="o", ms=4, lw=1.5, capsize=3)
             ticks.update({c["train_images"]: _size_tick(c["train_size"], c["train_images"]) for c in points})
-        ax.set_xscale("log")
-        ax.xaxis.set_major_locator(FixedLocator(sorted(ticks)))
-        ax.xaxis.set_minor_locator(NullLocator())
-        ax.set_xticklabels([ticks[t] for t in sorted(ticks)])
+        _log_x_ticks(ax, ticks)
         ax.set_xlabel("training images (log scale)")
         ax.set_ylabel(f"best {AP_LABEL}")
         label = words.other_label(json.loads(group_key))
         if label:
             ax.set_title(label)
-
-        # breakdown: between the largest size where random is behind and the smallest where it is within
-        verdict = next((v for v in all_verdicts(summary)
-                        if other_key(v["other"]) == group_key), None)
-        # worth in images: from pretrained's best at n across to the size random init needs for the same AP
-        for row in ((verdict or {}).get("worth_in_images") or {}).get("by_size", []):
-            if row["bound"] is None and row["ap_pretrained_best"] is not None:
-                y = row["ap_pretrained_best"]
-                ax.annotate("", xy=(row["images_needed"], y), xytext=(row["train_images"], y),
-                            arrowprops={"arrowstyle": "->", "color": "0.35", "lw": 0.9, "ls": ":"})
-                marked.add("worth")
-        small = verdict["findings"]["small_data_hurts_random"] if verdict else {}
-        behind, within = small.get("largest_images_behind"), small.get("smallest_images_within_margin")
-        if behind and within:
-            ax.axvspan(behind, within, color="0.85", alpha=0.6, lw=0, zorder=0)
-            ax.text(math.sqrt(behind * within), 0.04, "breakdown", transform=ax.get_xaxis_transform(),
-                    ha="center", va="bottom", fontsize=8, color="0.3")
-            marked.add("region")
-        elif behind:
-            ax.axvline(behind, color="0.5", ls="--", lw=1, zorder=0)
-            ax.text(behind, 0.97, " random behind\n up to here", transform=ax.get_xaxis_transform(),
-                    ha="left", va="top", fontsize=8, color="0.3")
-            marked.add("line")
+        verdict = next((v for v in all_verdicts(summary) if other_key(v["other"]) == group_key), None)
+        marked |= _size_marks(ax, verdict)
     handles = [Line2D([], [], color=init_color(i, sources), marker="o", lw=1.5, label=init_label(i, study)) for i in inits]
     if "region" in marked:
         handles.append(Patch(color="0.85", label="breakdown region"))
@@ -356,10 +277,8 @@ def figure_ap_vs_size(study, cells, summary, out_dir: Path):
     if "worth" in marked:
         handles.append(Line2D([], [], color="0.35", ls=":", lw=0.9, label="images random init needs"))
     fig.legend(handles=handles, loc="outside upper center", ncols=len(handles), frameon=False)
-    png, svg = _save(fig, out_dir, "ap_vs_train_size")
-    caption = words.caption_ap_vs_size(study.sources[0] if study.sources else None, study.margin_ap)
-    return {"name": "ap_vs_train_size", "title": words.FIGURE_TITLES["ap_vs_train_size"], "caption": caption,
-            "png": png, "svg": svg, "width_in": float(fig.get_figwidth())}, None
+    caption = captions.caption_ap_vs_size(study.sources[0] if study.sources else None, study.margin_ap)
+    return _drawn(fig, out_dir, "ap_vs_train_size", caption)
 
 
 def figure_speedup(study, summary: dict, out_dir: Path):
@@ -367,9 +286,9 @@ def figure_speedup(study, summary: dict, out_dir: Path):
     rows = [(v["source"], v["findings"]["converges_faster"]) for v in all_verdicts(summary)
             if not v["other"] and v["findings"]["converges_faster"].get("speedup")]
     if not rows:
-        return None, words.NOT_DRAWN["no_speedup"]
+        return None, captions.NOT_DRAWN["no_speedup"]
     sources = study.sources
-    fig, axes = _panel_grid([("", s) for s, _ in rows], 4.6, 3.2, max_cols=2)
+    fig, axes = panel_grid([("", s) for s, _ in rows], 4.6, 3.2, max_cols=2)
     for ax, (source, f) in zip(axes, rows):
         levels = f["speedup"]["levels"]
         aps = [lv["ap"] for lv in levels]
@@ -386,13 +305,10 @@ def figure_speedup(study, summary: dict, out_dir: Path):
         ax.set_xlabel(f"AP level ({AP_LABEL})")
         ax.set_ylabel("iterations to reach it")
         ax.yaxis.set_major_formatter(EngFormatter(sep=""))
-        ax.set_title(words.title_speedup(f["speedup"]["mean"], words.size_label(f["train_size"], f["train_images"]),
+        ax.set_title(captions.title_speedup(f["speedup"]["mean"], words.size_label(f["train_size"], f["train_images"]),
                                          f["curve_schedule"]))
         ax.legend(loc="best", frameon=False)
-    png, svg = _save(fig, out_dir, "speedup")
-    caption = words.caption_speedup()
-    return {"name": "speedup", "title": words.FIGURE_TITLES["speedup"], "caption": caption,
-            "png": png, "svg": svg, "width_in": float(fig.get_figwidth())}, None
+    return _drawn(fig, out_dir, "speedup", captions.caption_speedup())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -400,9 +316,60 @@ def figure_speedup(study, summary: dict, out_dir: Path):
 # ---------------------------------------------------------------------------------------------
 
 
+def _pretraining_seen(study, init: str, key: str):
+    """What the init's pre-training record says it saw (images_seen, instances_seen, pixels_seen); None if not
+    recorded or random init."""
+    record = study.pretrain.get(init) if init != RANDOM else None
+    if record is None:
+        return None
+    pre = record.get(key)
+    if pre is None and key == "instances_seen":
+        # a classification image has one labelled instance
+        pre = record.get("images_seen")
+    return pre
+
+
+def _compute_panel(ax, study, group: list, schedules: list, inits: list, key: str):
+    """One quantity's bars: per schedule, per init, fine-tuning (solid) with pre-training stacked on it (hatched),
+    each bar's total above it."""
+    width = 0.8 / max(1, len(inits))
+    top = 0.0
+    bars = []
+    for si, schedule in enumerate(schedules):
+        for ii, init in enumerate(inits):
+            cell = next((c for c in group if c["init"] == init and c["schedule"] == schedule), None)
+            if cell is None or cell[key]["mean"] is None:
+                continue
+            x = si + (ii - (len(inits) - 1) / 2) * width
+            color = init_color(init, study.sources)
+            fine = cell[key]["mean"]
+            ax.bar(x, fine, width * 0.92, color=color, zorder=2)
+            pre = _pretraining_seen(study, init, key)
+            if pre is not None:
+                ax.bar(x, pre, width * 0.92, bottom=fine, color=color, alpha=0.35, hatch="///",
+                       edgecolor=color, lw=0, zorder=2)
+            total = fine + (pre or 0.0)
+            top = max(top, total)
+            bars.append((x, total, words.fmt_count(total)))
+    # side by side, three or more labels per group collide: stand them upright
+    rotation = 90 if len(inits) > 2 else 0
+    for x, total, note in bars:
+        ax.text(x, total + 0.015 * top, note, ha="center", va="bottom", fontsize=7, color="0.2",
+                rotation=rotation)
+    ax.set_ylim(0, top * (1.35 if rotation else 1.2) if top > 0 else 1)
+
+
+def _compute_legend_label(init: str, study) -> str:
+    if init == RANDOM:
+        return init_label(init, study)
+    if study.pretrain.get(init) is None:
+        return f"{init_label(init, study)} (fine-tuning; pre-training not recorded)"
+    return f"{init_label(init, study)} (fine-tuning)"
+
+
 def figure_compute(study, cells, out_dir: Path):
     if not cells:
-        return None, words.NOT_DRAWN["no_run_done"]
+        return None, captions.NOT_DRAWN["no_run_done"]
     first_other = sorted({other_key(c["other"]) for c in cells})[0]
     group = [c for c in cells if other_key(c["other"]) == first_other]
     largest = max(group, key=lambda c: size_sort_key(c["train_size"], c["train_images"]))
@@ -410,44 +377,13 @@ def figure_compute(study, cells, out_dir: Path):
     group = [c for c in group if c["train_size"] == size]
     factors = {c["schedule"]: c["schedule_factor"] for c in group}
     schedules = sorted(factors, key=factors.get)
-    inits = [i for i in _inits_in_order(study) if any(c["init"] == i for c in group)]
-    sources = study.sources
+    inits = [i for i in inits_in_order(study) if any(c["init"] == i for c in group)]
     quantities = [("images_seen", "images seen"), ("instances_seen", "instances seen"), ("pixels_seen", "pixels seen")]
 
     fig = Figure(figsize=(10.5, 3.6), dpi=DPI, layout="constrained")
     axes = fig.subplots(1, 3)
-    width = 0.8 / max(1, len(inits))
     for ax, (key, label) in zip(axes, quantities):
-        top = 0.0
-        bars = []
-        for si, schedule in enumerate(schedules):
-            for ii, init in enumerate(inits):
-                cell = next((c for c in group if c["init"] == init and c["schedule"] == schedule), None)
-                if cell is None or cell[key]["mean"] is None:
-                    continue
-                x = si + (ii - (len(inits) - 1) / 2) * width
-                color = init_color(init, sources)
-                fine = cell[key]["mean"]
-                ax.bar(x, fine, width * 0.92, color=color, zorder=2)
-                pre = None
-                record = study.pretrain.get(init) if init != RANDOM else None
-                if record is not None:
-                    pre = record.get(key)
-                    if pre is None and key == "instances_seen":
-                        # a classification image has one labelled instance
-                        pre = record.get("images_seen")
-                    if pre is not None:
-                        ax.bar(x, pre, width * 0.92, bottom=fine, color=color, alpha=0.35, hatch="///",
-                               edgecolor=color, lw=0, zorder=2)
-                total = fine + (pre or 0.0)
-                top = max(top, total)
-                bars.append((x, total, words.fmt_count(total)))
-        # side by side, three or more labels per group collide: stand them upright
-        rotation = 90 if len(inits) > 2 else 0
-        for x, total, note in bars:
-            ax.text(x, total + 0.015 * top, note, ha="center", va="bottom", fontsize=7, color="0.2",
-                    rotation=rotation)
-        ax.set_ylim(0, top * (1.35 if rotation else 1.2) if top > 0 else 1)
+        _compute_panel(ax, study, group, schedules, inits, key)
         ax.set_xticks(range(len(schedules)))
         ax.set_xticklabels(schedules)
         ax.set_xlabel("fine-tuning / training schedule")
@@ -456,21 +392,11 @@ def figure_compute(study, cells, out_dir: Path):
         ax.grid(axis="x", visible=False)
         ax.set_title(label[0].upper() + label[1:])
 
-    def legend_label(init):
-        if init == RANDOM:
-            return init_label(init, study)
-        if study.pretrain.get(init) is None:
-            return f"{init_label(init, study)} (fine-tuning; pre-training not recorded)"
-        return f"{init_label(init, study)} (fine-tuning)"
-
-    handles = [Patch(color=init_color(i, sources), label=legend_label(i)) for i in inits]
+    handles = [Patch(color=init_color(i, study.sources), label=_compute_legend_label(i, study)) for i in inits]
     if any(study.pretrain.get(i) is not None for i in inits if i != RANDOM):
         handles.append(Patch(facecolor="0.8", edgecolor="0.4", hatch="///", label="pre-training"))
     fig.legend(handles=handles, loc="outside upper center", ncols=len(handles), frameon=False)
-    png, svg = _save(fig, out_dir, "compute")
-    caption = words.caption_compute(words.size_label(size, images))
-    return {"name": "compute", "title": words.FIGURE_TITLES["compute"], "caption": caption,
-            "png": png, "svg": svg, "width_in": float(fig.get_figwidth())}, None
+    return _drawn(fig, out_dir, "compute", captions.caption_compute(words.size_label(size, images)))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -481,12 +407,12 @@ def figure_compute(study, cells, out_dir: Path):
 def figure_overfitting(study, out_dir: Path):
     runs = [r for r in study.runs if r.state in ("done", "running") and r.evals and r.trains]
     if not runs:
-        return None, words.NOT_DRAWN["no_train_and_eval"]
+        return None, captions.NOT_DRAWN["no_train_and_eval"]
     groups = {}
     for run in runs:
         groups.setdefault(run.other_key, []).append(run)
     keys = sorted(groups)
-    inits = _inits_in_order(study)
+    inits = inits_in_order(study)
     sources = study.sources
     ncols = len(keys)
     fig = Figure(figsize=(6.4 if ncols == 1 else 4.2 * ncols + 0.3, 4.6), dpi=DPI, layout="constrained")
@@ -529,10 +455,7 @@ def figure_overfitting(study, out_dir: Path):
     handles = [Line2D([], [], marker="*", ls="", color="0.3", ms=9, label="best AP"),
                Line2D([], [], color=DROP_COLOR, ls=":", label="LR drop")]
     fig.legend(handles=handles, loc="outside upper center", ncols=2, frameon=False)
-    png, svg = _save(fig, out_dir, "overfitting")
-    caption = words.caption_overfitting()
-    return {"name": "overfitting", "title": words.FIGURE_TITLES["overfitting"], "caption": caption,
-            "png": png, "svg": svg, "width_in": float(fig.get_figwidth())}, None
+    return _drawn(fig, out_dir, "overfitting", captions.caption_overfitting())
 
 
 def write_figures(study, summary: dict, out_dir) -> tuple:
@@ -581,9 +504,9 @@ def figure_forecast(study, forecast: dict, out_dir: Path):
         panels.setdefault((other_key(cell["other"]), cell["train_size"]), []).append(cell)
     images = {(r.other_key, r.train_size): r.train_images for r in study.runs}
     keys = sorted(panels, key=lambda k: (k[0], size_sort_key(k[1], images.get(k))))
-    inits = _inits_in_order(study)
+    inits = inits_in_order(study)
     sources = study.sources
-    fig, axes = _panel_grid(keys, 3.2, 2.7)
+    fig, axes = panel_grid(keys, 3.2, 2.7)
     for ax, key in zip(axes, keys):
         ticks = {}
         for init in inits:
@@ -606,18 +529,12 @@ def figure_forecast(study, forecast: dict, out_dir: Path):
                 ax.errorbar([c["iters"] for c in ahead], [c["predicted_final_ap"] for c in ahead], yerr=[lo, hi],
                             color=color, marker="o", mfc="white", ms=4, ls="none", capsize=2, lw=1)
             ticks.update({c["iters"]: c["schedule"] for c in mine})
-        ax.set_xscale("log")
-        ax.xaxis.set_major_locator(FixedLocator(sorted(ticks)))
-        ax.xaxis.set_minor_locator(NullLocator())
-        ax.set_xticklabels([ticks[t] for t in sorted(ticks)], fontsize=7)
+        _log_x_ticks(ax, ticks, fontsize=7)
         ax.set_xlabel("schedule length (log scale)")
         ax.set_ylabel(f"final {AP_LABEL}")
-        ax.set_title(_panel_title(key[1], images.get(key), json.loads(key[0])))
+        ax.set_title(panel_title(key[1], images.get(key), json.loads(key[0])))
     handles = [Line2D([], [], color=init_color(i, sources), marker="o", lw=1.5, label=init_label(i, study)) for i in inits]
     handles.append(Line2D([], [], color="0.3", marker="o", mfc="white", ls="--", lw=1.2, label="forecast"))
     fig.legend(handles=handles, loc="outside upper center", ncols=len(handles), frameon=False)
-    png, svg = _save(fig, out_dir, "forecast")
-    caption = words.caption_forecast(forecast["interval"])
-    return {"name": "forecast", "title": words.FIGURE_TITLES["forecast"], "caption": caption,
-            "png": png, "svg": svg, "width_in": float(fig.get_figwidth())}, None
+    return _drawn(fig, out_dir, "forecast", captions.caption_forecast(forecast["interval"]))
 

@@ -1,185 +1,29 @@
-"""The findings as data: per-cell means over seeds, paired comparisons, the paper's four findings, the speed-up,
-what pre-training is worth in labelled images, compute, the answers to the four questions, and `summarize`, which
-turns a loaded study (study/results.py) into the dict written as report/summary.json. Numbers only: the sentences
-are words.py's, the pictures figures.py's.
+"""The findings as data: the paper's four findings, the speed-up, what pre-training is worth in labelled images,
+the answers to the four questions, and `summarize`, which turns a loaded study (study/results.py) into the dict
+written as report/summary.json. The cells and the paired grid they compare on are cells.py's, compute is
+compute.py's. Numbers only: the sentences are words.py's, the pictures figures.py's.
 """
 
 import json
 import math
 
+from rethink.report.cells import Grid, best_ap, build_cells, comparisons, paired, run_iters_to_90
+from rethink.report.compute import compute_comparison, pretraining_cost
 from rethink.report.stats import (
     CONFIDENCE, DOES_NOT_HOLD, HOLDS, MAX_SEEDS_PROJECTED, NOT_ENOUGH, SPEEDUP_LEVELS, SPEEDUP_MARGIN, ahead_status,
-    images_needed, is_number, iters_to_fraction, mean_std, paired_difference, ratio_interval, seeds_to_settle,
-    speedup_at_levels, within_status,
+    images_needed, is_number, mean_std, ratio_interval, seeds_to_settle, speedup_at_levels, within_status,
 )
 from rethink.study.plan import other_key
 from rethink.study.results import PRIMARY, RANDOM, RunRecord, StudyResults, read_json_or_fail, size_sort_key
 
 
 # ---------------------------------------------------------------------------------------------
-# Cells: the runs of one (init, schedule, train_size, other) over seeds
+# The paper's four findings, each on one Grid (a pretrained source against random init)
 # ---------------------------------------------------------------------------------------------
-
-
-def _metric_keys(dicts) -> list:
-    keys = set()
-    for d in dicts:
-        keys.update(k for k, v in d.items()
-                    if "/" in k and not k.startswith("eval/") and (v is None or isinstance(v, (int, float))))
-    # bbox before segm, then AP, AP50, AP75, APs, APm, APl as the field lists them
-    order = ["AP", "AP50", "AP75", "APs", "APm", "APl"]
-
-    def rank(key):
-        task, _, name = key.partition("/")
-        return (task != "bbox", task, order.index(name) if name in order else len(order), name)
-
-    return sorted(keys, key=rank)
-
-
-def run_iters_to_90(run: RunRecord):
-    return iters_to_fraction(*run.eval_curve(PRIMARY))
-
-
-def build_cells(runs: list) -> list:
-    """Mean ± std over seeds per (init, schedule, train_size, other), from the done runs only.
-
-    metrics are the last evaluation (final.json "final"), best the best-bbox/AP evaluation;
-    iters_to_90 is, per run, the first evaluated iteration reaching 90% of that run's best bbox/AP,
-    then averaged over seeds.
-    """
-    groups = {}
-    for run in runs:
-        if run.state == "done":
-            groups.setdefault(run.cell_key, []).append(run)
-    cells = []
-    for (init, schedule, train_size, group_key), members in groups.items():
-        members.sort(key=lambda r: r.seed)
-        finals = [r.final.get("final") or {} for r in members]
-        bests = [r.final.get("best") or {} for r in members]
-        cells.append({
-            "init": init,
-            "schedule": schedule,
-            "schedule_factor": members[0].schedule_factor,
-            "train_size": train_size,
-            "train_images": next((r.train_images for r in members if r.train_images is not None), None),
-            "other": members[0].other,
-            "other_key": group_key,
-            "n_seeds": len(members),
-            "seeds": [r.seed for r in members],
-            "runs": [r.name for r in members],
-            "metrics": {k: mean_std([f.get(k) for f in finals]) for k in _metric_keys(finals)},
-            "best": {k: mean_std([b.get(k) for b in bests]) for k in _metric_keys(bests)},
-            "best_iter": mean_std([r.final.get("best_iter") for r in members]),
-            "iters_to_90": mean_std([run_iters_to_90(r) for r in members]),
-            "wall_time_s": mean_std([r.final.get("wall_time_s") for r in members]),
-            "images_seen": mean_std([r.final.get("images_seen") for r in members]),
-            "instances_seen": mean_std([r.final.get("instances_seen") for r in members]),
-            "pixels_seen": mean_std([r.final.get("pixels_seen") for r in members]),
-            "iters": members[0].iters or members[0].final.get("iters"),
-            "drops": members[0].drops,
-            "batch_size": members[0].batch_size,
-        })
-    # random init first, then the pretrained sources in the order the study lists them
-    init_order = {}
-    for run in [r for r in runs if r.init == RANDOM] + runs:
-        init_order.setdefault(run.init, len(init_order))
-    cells.sort(key=lambda c: (c["other_key"], size_sort_key(c["train_size"], c["train_images"]),
-                              c["schedule_factor"], init_order[c["init"]]))
-    return cells
-
-
-# ---------------------------------------------------------------------------------------------
-# Paired comparisons and findings
-# ---------------------------------------------------------------------------------------------
-
-
-def _final_metric(key):
-    return lambda run: (run.final.get("final") or {}).get(key)
-
-
-def _best_ap(run):
-    return (run.final.get("best") or {}).get(PRIMARY)
-
-
-class _Grid:
-    """Done runs indexed by cell and seed, for one pretrained source against random in one `other` group."""
-
-    def __init__(self, runs, source, group_key, cells):
-        self.source, self.other_key = source, group_key
-        self.by_cell = {}
-        for run in runs:
-            if run.state == "done" and run.other_key == group_key:
-                self.by_cell.setdefault((run.init, run.schedule, run.train_size), {})[run.seed] = run
-        self.cell_info = {(c["init"], c["schedule"], c["train_size"]): c
-                          for c in cells if c["other_key"] == group_key}
-        # (schedule, size) where both arms have at least one common seed
-        self.common = {}
-        for (init, schedule, size), seeds in self.by_cell.items():
-            if init != source:
-                continue
-            shared = set(seeds) & set(self.by_cell.get((RANDOM, schedule, size), {}))
-            if shared:
-                self.common[(schedule, size)] = sorted(shared)
-
-    def cell(self, init, schedule, size):
-        return self.cell_info.get((init, schedule, size))
-
-    def sizes(self) -> list:
-        """Sizes with both arms, smallest first (by actual number of training images)."""
-        sizes = {size for _, size in self.common}
-        return sorted(sizes, key=lambda s: size_sort_key(s, self.train_images(s)))
-
-    def _any_schedule(self, size):
-        return next(sch for sch, sz in self.common if sz == size)
-
-    def schedules(self, size) -> list:
-        """Schedules with both arms at `size`, shortest first."""
-        scheds = [sch for sch, sz in self.common if sz == size]
-        return sorted(scheds, key=lambda s: self.cell(self.source, s, size)["schedule_factor"])
-
-    def runs(self, init, schedule, size):
-        seeds = self.common[(schedule, size)]
-        cell = self.by_cell[(init, schedule, size)]
-        return [cell[s] for s in seeds]
-
-    def pair(self, schedule, size, value_fn) -> dict:
-        return _paired([value_fn(r) for r in self.runs(self.source, schedule, size)],
-                       [value_fn(r) for r in self.runs(RANDOM, schedule, size)])
-
-    def train_images(self, size):
-        return self.cell(self.source, self._any_schedule(size), size)["train_images"]
-
-
-def comparisons(study: StudyResults, cells: list) -> list:
-    """Every paired comparison source - random that the study allows (same schedule, size and other)."""
-    out = []
-    keys = _metric_keys([(r.final or {}).get("final") or {} for r in study.runs if r.state == "done"])
-    wanted = [k for k in keys if k.split("/")[1] in ("AP", "AP50", "AP75")]
-    for group_key in sorted({c["other_key"] for c in cells}):
-        for source in study.sources:
-            grid = _Grid(study.runs, source, group_key, cells)
-            for size in grid.sizes():
-                for schedule in grid.schedules(size):
-                    entry = {"source": source, "schedule": schedule, "train_size": size,
-                             "train_images": grid.train_images(size), "other": json.loads(group_key),
-                             "seeds": grid.common[(schedule, size)], "final": {}, "best": {}}
-                    for key in wanted:
-                        entry["final"][key] = grid.pair(schedule, size, _final_metric(key))
-                    entry["best"][PRIMARY] = grid.pair(schedule, size, _best_ap)
-                    out.append(entry)
-    return out
 
 
 def _not_enough(reason: str, **numbers) -> dict:
     return {"status": NOT_ENOUGH, "reason": reason, **numbers}
-
-
-def _paired(a: list, b: list) -> dict:
-    """paired_difference(a, b) with the two arms' means alongside (a_mean, b_mean)."""
-    diff = paired_difference(a, b)
-    diff["a_mean"] = mean_std(a)["mean"]
-    diff["b_mean"] = mean_std(b)["mean"]
-    return diff
 
 
 def _by_seed(runs) -> dict:
@@ -190,19 +34,19 @@ def _final_ap(run):
     return (run.final.get("final") or {}).get(PRIMARY)
 
 
-def _pretrained_best_schedule(grid: _Grid, size) -> str:
+def _pretrained_best_schedule(grid: Grid, size) -> str:
     """The schedule with the pretrained arm's highest mean final AP at `size` (the shorter one on a tie)."""
     schedules = grid.schedules(size)
     means = [mean_std([_final_ap(r) for r in grid.runs(grid.source, s, size)])["mean"] for s in schedules]
     return max(zip(schedules, means), key=lambda sm: (sm[1] if sm[1] is not None else -math.inf))[0]
 
 
-def _versus(grid: _Grid, size, pre_schedule, rand_schedule, value_fn=_final_ap) -> dict:
+def _versus(grid: Grid, size, pre_schedule, rand_schedule, value_fn=_final_ap) -> dict:
     """Pretrained at one schedule minus random at another, paired by the seeds both cells have."""
     pre = _by_seed(grid.by_cell.get((grid.source, pre_schedule, size), {}).values())
     rand = _by_seed(grid.by_cell.get((RANDOM, rand_schedule, size), {}).values())
     seeds = sorted(set(pre) & set(rand))
-    diff = _paired([value_fn(pre[s]) for s in seeds], [value_fn(rand[s]) for s in seeds])
+    diff = paired([value_fn(pre[s]) for s in seeds], [value_fn(rand[s]) for s in seeds])
     diff["seeds"] = seeds
     return diff
 
@@ -211,7 +55,7 @@ def _eval_ap(run: RunRecord) -> dict:
     return {row["iter"]: row[PRIMARY] for row in run.evals if is_number(row.get(PRIMARY))}
 
 
-def finding_converges_faster(grid: _Grid, margin: float) -> dict:
+def finding_converges_faster(grid: Grid, margin: float) -> dict:
     """Pretrained reaches each accuracy with fewer iterations than random init, at the largest training set.
 
     The status is on the speed-up (`speedup_at_levels`): per seed, on the longest schedule's curves up to its first
@@ -251,7 +95,7 @@ def finding_converges_faster(grid: _Grid, margin: float) -> dict:
                 points_pre[s].append(_final_ap(pre_short[s]))
                 points_rand[s].append(_final_ap(rand_short[s]))
     kept = [s for s in seeds if points_pre[s] and None not in points_pre[s] + points_rand[s]]
-    lead = _paired([mean_std(points_pre[s])["mean"] for s in kept], [mean_std(points_rand[s])["mean"] for s in kept])
+    lead = paired([mean_std(points_pre[s])["mean"] for s in kept], [mean_std(points_rand[s])["mean"] for s in kept])
 
     speedup = _speedup(seeds, pre_curves, rand_curves, first_drop)
     if speedup is None:
@@ -303,7 +147,7 @@ def _iters_to_90(pre_runs: list, rand_runs: list) -> dict:
             "iters_to_90_ratio": it_rand / it_pre if it_pre and it_rand is not None else None}
 
 
-def finding_catches_up(grid: _Grid, margin: float) -> dict:
+def finding_catches_up(grid: Grid, margin: float) -> dict:
     """Random init's final AP at the longest schedule within the margin (rule "within") of the pretrained
     arm's best final AP over the schedules at the largest training set.
 
@@ -336,7 +180,7 @@ def finding_catches_up(grid: _Grid, margin: float) -> dict:
     pre = _by_seed(grid.by_cell[(src, best, size)].values())
     pre_long = _by_seed(grid.by_cell[(src, long, size)].values())
     seeds = sorted(set(pre) & set(pre_long))
-    degrade = _paired([_final_ap(pre[s]) for s in seeds], [_final_ap(pre_long[s]) for s in seeds])
+    degrade = paired([_final_ap(pre[s]) for s in seeds], [_final_ap(pre_long[s]) for s in seeds])
     return {
         "status": status, "n": gap["n"], "train_size": size, "train_images": grid.train_images(size),
         "schedule_shortest": short, "schedule_longest": long, "schedule_best_pretrained": best,
@@ -360,22 +204,22 @@ def _negated(diff: dict) -> dict:
     return out
 
 
-def _best_over_schedules(grid: _Grid, init: str, size, seeds) -> list:
+def _best_over_schedules(grid: Grid, init: str, size, seeds) -> list:
     """Per seed, the arm's best AP along any of its curves at `size` (each run's best evaluation)."""
     out = []
     for seed in seeds:
-        values = [_best_ap(grid.by_cell[(init, s, size)][seed]) for s in grid.schedules(size)]
+        values = [best_ap(grid.by_cell[(init, s, size)][seed]) for s in grid.schedules(size)]
         values = [v for v in values if is_number(v)]
         out.append(max(values) if values else None)
     return out
 
 
-def _best_schedule(grid: _Grid, init: str, size) -> str:
-    means = {s: mean_std([_best_ap(r) for r in grid.runs(init, s, size)])["mean"] for s in grid.schedules(size)}
+def _best_schedule(grid: Grid, init: str, size) -> str:
+    means = {s: mean_std([best_ap(r) for r in grid.runs(init, s, size)])["mean"] for s in grid.schedules(size)}
     return max(means, key=lambda s: means[s] if means[s] is not None else -math.inf)
 
 
-def finding_small_data(grid: _Grid, margin: float) -> dict:
+def finding_small_data(grid: Grid, margin: float) -> dict:
     """Pretrained ahead (rule "ahead") at the smallest training set, each arm at its best: per seed, the
     best AP along any of the arm's curves over all schedules run at that size.
 
@@ -390,7 +234,7 @@ def finding_small_data(grid: _Grid, margin: float) -> dict:
     per_size = []
     for size in sizes:
         seeds = sorted(set.intersection(*(set(grid.common[(s, size)]) for s in grid.schedules(size))))
-        diff = _paired(_best_over_schedules(grid, src, size, seeds), _best_over_schedules(grid, RANDOM, size, seeds))
+        diff = paired(_best_over_schedules(grid, src, size, seeds), _best_over_schedules(grid, RANDOM, size, seeds))
         diff["seeds"] = seeds
         best_pre, best_rand = _best_schedule(grid, src, size), _best_schedule(grid, RANDOM, size)
         per_size.append({
@@ -420,7 +264,7 @@ def finding_small_data(grid: _Grid, margin: float) -> dict:
     }
 
 
-def worth_in_images(grid: _Grid) -> dict | None:
+def worth_in_images(grid: Grid) -> dict | None:
     """What pre-training is worth in labelled images at each training-set size n (Newell & Deng 2020's n_hat,
     Hernandez et al. 2021's effective data): per seed, the images random init would need to match pretrained's best
     AP at n, read off random's best-AP-by-size curve (`images_needed`); the multiplier n_hat / n over seeds as a
@@ -457,7 +301,7 @@ def worth_in_images(grid: _Grid) -> dict | None:
     return {"source": grid.source, "sizes": images, "by_size": by_size, "n": len(seeds)}
 
 
-def finding_localization(grid: _Grid, margin: float) -> dict:
+def finding_localization(grid: Grid, margin: float) -> dict:
     """Pre-training does not give better localization: at the largest training set and the schedule where
     random init is closest on box AP (normally the longest), random's AP75 is at least pretrained's AP75
     minus the margin (rule "within" on the paired AP75 gap); pretrained ahead on AP75 by more than the
@@ -475,8 +319,8 @@ def finding_localization(grid: _Grid, margin: float) -> dict:
              if all(is_number(f.get(k)) for f in (fa, fb) for k in ("bbox/AP50", "bbox/AP75"))]
     if not pairs:
         return _not_enough(f"no bbox/AP50 and bbox/AP75 at {schedule}", schedule=schedule, train_size=size)
-    gap75 = _paired([fa["bbox/AP75"] for fa, _ in pairs], [fb["bbox/AP75"] for _, fb in pairs])
-    gap50 = _paired([fa["bbox/AP50"] for fa, _ in pairs], [fb["bbox/AP50"] for _, fb in pairs])
+    gap75 = paired([fa["bbox/AP75"] for fa, _ in pairs], [fb["bbox/AP75"] for _, fb in pairs])
+    gap50 = paired([fa["bbox/AP50"] for fa, _ in pairs], [fb["bbox/AP50"] for _, fb in pairs])
     return {
         "status": within_status(gap75, margin), "n": gap75["n"], "schedule": schedule, "train_size": size,
         "train_images": grid.train_images(size), "gap_ap75": gap75, "gap_ap50": gap50,
@@ -495,7 +339,7 @@ def deciding(key: str, finding: dict, margin: float) -> tuple:
     return finding.get({"catches_up": "gap", "small_data_hurts_random": "gap", "localization": "gap_ap75"}[key]), margin
 
 
-def findings_for(grid: _Grid, margin: float) -> dict:
+def findings_for(grid: Grid, margin: float) -> dict:
     findings = {
         "converges_faster": finding_converges_faster(grid, margin),
         "catches_up": finding_catches_up(grid, margin),
@@ -516,59 +360,8 @@ def _no_source_findings(reason: str) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------
-# Compute (the paper's finding 5) and the four questions of the report's first section
+# The four questions of the report's first section, and the summary
 # ---------------------------------------------------------------------------------------------
-
-def pretraining_cost(record: dict | None, stated: dict | None, meta: dict | None) -> dict:
-    """Images, instances and pixels that went into a pretrained init, and where the numbers come from.
-
-    `record`: rethink's own pretrain.json (measured while pre-training; one labelled instance per image) wins.
-    Otherwise `meta` (the published weights' metadata: data set, images per epoch, resolution, see
-    models/weights_meta.py) and `stated` (the study's report.init_cost.<source>: images, instances, pixels,
-    or images_per_epoch, epochs, resolution) are combined, a stated value overriding the metadata. Without a
-    number of epochs the totals stay unknown (None) and `from` says what to state.
-    """
-    if record is not None and record.get("images_seen") is not None:
-        images = record["images_seen"]
-        return {"images": images, "instances": record.get("instances_seen", images),
-                "pixels": record.get("pixels_seen"), "from": "measured by rethink pretrain (pretrain.json)"}
-    stated, meta = dict(stated or {}), dict(meta or {})
-    per_epoch = stated.get("images_per_epoch", meta.get("images_per_epoch"))
-    resolution = stated.get("resolution", meta.get("resolution"))
-    epochs = stated.get("epochs")
-    images = stated.get("images", per_epoch * epochs if per_epoch and epochs else None)
-    pixels = stated.get("pixels", images * resolution * resolution if images and resolution else None)
-    origin = []
-    if meta:
-        origin.append(f"{meta.get('dataset') or 'data set not named'}, {meta.get('resolution')} px from {meta['from']}")
-    if stated:
-        origin.append("stated in the study (report.init_cost)" + (f": {stated['note']}" if stated.get("note") else ""))
-    if images is None and per_epoch:
-        origin.append("the number of epochs is not recorded: state it as report.init_cost.<source>.epochs")
-    return {"images": images, "instances": stated.get("instances", images), "pixels": pixels,
-            "images_per_epoch": per_epoch, "epochs": epochs, "resolution": resolution,
-            "from": "; ".join(origin) or "not recorded"}
-
-
-def _seen(cell: dict | None) -> dict:
-    return {k: (cell or {}).get(f"{k}_seen", {}).get("mean") for k in ("images", "instances", "pixels")}
-
-
-def compute_comparison(grid: _Grid, catches_up: dict, cost: dict) -> dict | None:
-    """What each arm has seen, pre-training included, for the two models catches_up compares: pretrained at
-    its best schedule and random init at the longest, on the largest training set."""
-    if catches_up["status"] == NOT_ENOUGH and "schedule_longest" not in catches_up:
-        return None
-    size = catches_up["train_size"]
-    fine_tuning = _seen(grid.cell(grid.source, catches_up["schedule_best_pretrained"], size))
-    random = _seen(grid.cell(RANDOM, catches_up["schedule_longest"], size))
-    total = {k: (fine_tuning[k] + cost[k] if fine_tuning[k] is not None and cost.get(k) is not None else None)
-             for k in fine_tuning}
-    ratio = {k: (total[k] / random[k] if total[k] is not None and random[k] else None) for k in total}
-    return {"train_size": size, "schedule_pretrained": catches_up["schedule_best_pretrained"],
-            "schedule_random": catches_up["schedule_longest"], "pretraining": cost, "fine_tuning": fine_tuning,
-            "pretrained_total": total, "random": random, "pretrained_over_random": ratio}
-
 
 def questions(source: str | None, findings: dict, compute: dict | None, by_source: dict, costs: dict,
               margin: float) -> dict:
@@ -648,7 +441,7 @@ def summarize(study: StudyResults) -> dict:
     verdicts = []
     for group_key in other_keys:
         for source in sources:
-            grid = _Grid(study.runs, source, group_key, cells)
+            grid = Grid(study.runs, source, group_key, cells)
             findings = findings_for(grid, study.margin_ap)
             verdicts.append({"source": source, "other": json.loads(group_key), "findings": findings,
                              "compute": compute_comparison(grid, findings["catches_up"], costs[source]),

@@ -212,18 +212,8 @@ def _html_table(headers, rows, left: set, row_classes=None, reason_col: int | No
     return "".join(out)
 
 
-def render_html(summary: dict, figures: list, skipped: list) -> str:
-    title = words.report_title(summary["name"])
-    parts = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
-             '<meta name="viewport" content="width=device-width, initial-scale=1">',
-             f"<title>{_e(title)}</title>", f"<style>{CSS}</style></head><body><main>",
-             f"<h1>{_e(title)}</h1>", f'<p class="sub">{_e(words.status_line(summary))}</p>']
-    incomplete = words.incomplete_text(summary)
-    if incomplete:
-        parts.append(f'<div class="box warn">{_e(incomplete)}</div>')
-
-    parts.append(f"<h2>{words.HEADINGS['answers']}</h2>")
-    parts.append('<ul class="findings">')
+def _html_answers_and_verdict(summary: dict) -> list:
+    parts = [f"<h2>{words.HEADINGS['answers']}</h2>", '<ul class="findings">']
     for _, title, text in words.question_answers(summary):
         parts.append(f'<li><span class="q">{_e(title)}</span>{_e(text)}</li>')
     parts.append("</ul>")
@@ -241,14 +231,11 @@ def render_html(summary: dict, figures: list, skipped: list) -> str:
             parts.append(f'<li class="{_e(status)}"><span class="q">{_e(question)}'
                          f'<span class="badge {_e(status)}">{_e(STATUS_WORDS[status])}</span></span>{_e(text)}</li>')
         parts.append("</ul>")
+    return parts
 
-    parts.append(f"<h2>{words.HEADINGS['forecast']}</h2>")
-    parts += [f"<p>{_e(text)}</p>" for text in words.forecast_sentences(summary)]
-    headers, rows = words.forecast_rows(summary)
-    if rows:
-        parts.append(_html_table(headers, rows, {0, 1, 2}))
 
-    parts.append(f"<h2>{words.HEADINGS['figures']}</h2>")
+def _html_figures(figures: list, skipped: list) -> list:
+    parts = [f"<h2>{words.HEADINGS['figures']}</h2>"]
     for number, fig in enumerate(figures, 1):
         data = base64.b64encode(Path(fig["png"]).read_bytes()).decode("ascii")
         # 100 CSS px per figure inch: every figure shows its 9 pt text at the same size on the page
@@ -261,9 +248,11 @@ def render_html(summary: dict, figures: list, skipped: list) -> str:
         parts.append(f"<p>{words.HEADINGS['not_drawn']}</p><ul>")
         parts += [f"<li>{_e(s['name'])}: {_e(s['reason'])}</li>" for s in skipped]
         parts.append("</ul>")
+    return parts
 
-    parts.append(f"<h2>{words.HEADINGS['tables']}</h2>")
-    parts.append(f"<h3>{_e(words.HEADINGS['cells'])}</h3>")
+
+def _html_tables_and_runs(summary: dict) -> list:
+    parts = [f"<h2>{words.HEADINGS['tables']}</h2>", f"<h3>{_e(words.HEADINGS['cells'])}</h3>"]
     headers, rows, left = cell_table(summary)
     parts.append(_html_table(headers, rows, left) if rows else f"<p>{words.EMPTY['cells']}</p>")
     parts.append(f"<h3>{words.HEADINGS['comparisons']}</h3>")
@@ -283,6 +272,28 @@ def render_html(summary: dict, figures: list, skipped: list) -> str:
     headers, rows, left, classes = runs_table(summary)
     parts.append(_html_table(headers, rows, left, classes, reason_col=len(headers) - 1) if rows
                  else f"<p>{words.EMPTY['runs']}</p>")
+    return parts
+
+
+def render_html(summary: dict, figures: list, skipped: list) -> str:
+    title = words.report_title(summary["name"])
+    parts = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
+             '<meta name="viewport" content="width=device-width, initial-scale=1">',
+             f"<title>{_e(title)}</title>", f"<style>{CSS}</style></head><body><main>",
+             f"<h1>{_e(title)}</h1>", f'<p class="sub">{_e(words.status_line(summary))}</p>']
+    incomplete = words.incomplete_text(summary)
+    if incomplete:
+        parts.append(f'<div class="box warn">{_e(incomplete)}</div>')
+    parts += _html_answers_and_verdict(summary)
+
+    parts.append(f"<h2>{words.HEADINGS['forecast']}</h2>")
+    parts += [f"<p>{_e(text)}</p>" for text in words.forecast_sentences(summary)]
+    headers, rows = words.forecast_rows(summary)
+    if rows:
+        parts.append(_html_table(headers, rows, {0, 1, 2}))
+
+    parts += _html_figures(figures, skipped)
+    parts += _html_tables_and_runs(summary)
     parts.append("</main></body></html>")
     return "\n".join(parts) + "\n"
 

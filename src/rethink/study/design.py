@@ -228,6 +228,21 @@ def study_text(name: str, ds: DataSet, d: Design) -> str:
         f"  solver.warmup_iters: {d.warmup_iters}  # must stay below the first LR drop (2/3 of 1x)",
         f"  eval_period: {d.eval_period}  # four evaluations per 1x",
         f"  checkpoint_period: {d.checkpoint_period}",
+    ]
+    lines += _matrix_lines(d)
+    lines += [
+        f"gpu_img_per_s: {d.img_per_s}  # for the cost estimate: "
+        + ("per GPU, detectron2's V100 figure scaled by pixels (at most 4x)" if d.device == "cuda"
+           else "per 1-thread CPU run (measured on the tiny preset at 64 px, scaled by pixels)"),
+        "report:",
+        "  margin_ap: 1.0  # AP points within which random init counts as caught up",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _matrix_lines(d: Design) -> list:
+    """The study file's matrix: the full set over the paper's schedules, and the smaller sets if any."""
+    lines = [
         "matrix:",
         "  # the full set over the paper's schedules (the shorter ones fork from the longest at their first LR drop)",
         f"  - init: [random, {_q(d.pretrained)}]",
@@ -243,14 +258,7 @@ def study_text(name: str, ds: DataSet, d: Design) -> str:
             f"    data.train_size: [{', '.join(map(str, d.subsets))}]",
             "    seed: [0]",
         ]
-    lines += [
-        f"gpu_img_per_s: {d.img_per_s}  # for the cost estimate: "
-        + ("per GPU, detectron2's V100 figure scaled by pixels (at most 4x)" if d.device == "cuda"
-           else "per 1-thread CPU run (measured on the tiny preset at 64 px, scaled by pixels)"),
-        "report:",
-        "  margin_ap: 1.0  # AP points within which random init counts as caught up",
-    ]
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 def _q(text: str) -> str:
