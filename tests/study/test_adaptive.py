@@ -14,6 +14,7 @@ import pytest
 from conftest import run_cli, same, write_tiny_study
 from rethink.fileio import read_json, read_jsonl
 from rethink.study.adaptive import segment_stop, settle
+from rethink.study.store import state_of
 
 
 def cell(init, schedule, iters, interval=None, observed=None, size="full"):
@@ -135,6 +136,10 @@ def test_adaptive_study_killed_and_restarted_ends_as_the_uninterrupted_one(adapt
         time.sleep(rng.uniform(2.0, 12.0))
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
+    # the kills landed: the study was stopped before its end (no report yet, a run neither done nor settled)
+    assert not (out / "report" / "index.html").exists()
+    states = [state_of(out, r["name"]) for r in read_json(reference / "study.json")["runs"]]
+    assert any(s not in ("done", "settled") for s in states)
     result = run_cli("study", path, "--out", out, "--adaptive", "--jobs", "2", "--no-progress")
     assert result.returncode == 0, result.stderr[-2000:]
     assert read_json(out / "adaptive.json") == read_json(reference / "adaptive.json")

@@ -136,6 +136,7 @@ def test_study_killed_at_random_moments_completes_without_redoing_work(tiny_stud
     cmd = [sys.executable, "-m", "rethink", "study", str(path), "--out", str(out), "--jobs", "2", "--no-progress"]
     rng = random.Random(7)
     finished_before: dict[str, int] = {}
+    cut_runs: set[str] = set()
     for _ in range(STUDY_KILLS):
         # its own session, so the kill takes the study and the runs it started
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
@@ -144,6 +145,10 @@ def test_study_killed_at_random_moments_completes_without_redoing_work(tiny_stud
         proc.wait()
         for final in out.glob("runs/*/final.json"):
             finished_before.setdefault(final.parent.name, len(read_jsonl(final.parent / "segments.jsonl")))
+        cut_runs |= {d.name for d in out.glob("runs/*") if d.is_dir() and not (d / "final.json").exists()}
+    # the kills landed: the study was left unfinished, and some run had started and was cut before its end
+    assert len(finished_before) < len(read_json(reference / "study.json")["runs"])
+    assert cut_runs
     result = run_cli("study", path, "--out", out, "--jobs", "2", "--no-progress")
     assert result.returncode == 0, result.stderr
     index = read_json(out / "study.json")
