@@ -2,7 +2,7 @@
 
     python benchmarks/bench_forecast.py [--reps N] [--study DIR ...]
 
-Each finished study is cut where its longest runs had reached 30%, 40% and 60% of their iterations (forks run
+Each finished study is cut where its longest runs had reached 30%, 40%, 60% and 80% of their iterations (forks run
 beside their trunk, so a run of T iterations is done once the trunk passes T: `forecast.truncate_study`), then
 forecast; every cell that was done in the full study but not at the cut is compared with what happened:
 AP error (forecast - measured) and whether the measured value lies inside the 80% interval. Also: whether the
@@ -39,7 +39,7 @@ from rethink.errors import UserError  # noqa: E402
 from rethink.study.results import PRIMARY, RANDOM, load_results  # noqa: E402
 from rethink.study.forecast import forecast_study, truncate_study  # noqa: E402
 
-FRACTIONS = (0.3, 0.4, 0.6)
+FRACTIONS = (0.3, 0.4, 0.6, 0.8)
 GEOMETRIES = {
     "demo-like": {"iters_1x": 600, "schedules": ("2x", "10x"), "eval_every": 300},
     "paper-like": {"iters_1x": 900, "schedules": ("2x", "4x", "6x"), "eval_every": 100},
@@ -237,6 +237,8 @@ def summarize(rows: list, source: str, fraction: float, longest_only: bool) -> d
             "p90_abs_error": float(np.quantile(errors, 0.9)) if errors else None,
             "max_abs_error": max(errors) if errors else None,
             "coverage": float(np.mean([r["covered"] for r in scored])) if scored else None,
+            "covered": int(sum(r["covered"] for r in scored)),
+            "mean_width": float(np.mean([r["interval"][1] - r["interval"][0] for r in scored])) if scored else None,
             "catch_up_agrees": f"{sum(r['agrees'] for r in verdicts)}/{len(verdicts)}",
             "refused": len(failed)}
 
@@ -283,7 +285,7 @@ def main():
     sources = sorted({r["source"] for r in rows}, key=lambda s: (s.startswith("study"), s))
     table = []
     print(f"{'source':58s} {'cut':>4s} {'cells':>5s} {'|err| mean':>10s} {'p90':>6s} {'max':>6s} "
-          f"{'coverage':>8s} {'catch-up':>8s}  longest only / all unfinished")
+          f"{'coverage':>8s} {'width':>6s} {'catch-up':>8s}  longest only / all unfinished")
     for source in sources:
         for fraction in FRACTIONS:
             for longest_only in (True, False):
@@ -295,7 +297,7 @@ def main():
                     return "n/a" if v is None else f"{v:.2f}"
 
                 print(f"{source:58s} {fraction:4.0%} {s['forecast']:>2d}/{s['cells']:<2d} {f(s['mean_abs_error']):>10s} "
-                      f"{f(s['p90_abs_error']):>6s} {f(s['max_abs_error']):>6s} {f(s['coverage']):>8s} "
+                      f"{f(s['p90_abs_error']):>6s} {f(s['max_abs_error']):>6s} {f(s['coverage']):>8s} {f(s['mean_width']):>6s} "
                       f"{s['catch_up_agrees']:>8s}  {'longest' if longest_only else 'all'}"
                       f"{'; refused: ' + str(s['refused']) if s['refused'] else ''}")
     print(json.dumps({"table": table, "wall_s": round(time.time() - started, 1)}))
