@@ -249,6 +249,13 @@ def test_stated_init_cost_for_imagenet(tmp_path):
     assert c["from"].startswith("stated in the study")
     total = summary["compute"]["pretrained_total"]
     assert total["images"] == 128_116_700 + 3_600 * 2
+    # the compute figure stacks the same counts the text uses (an imagenet arm gets its hatched pre-training bar)
+    from rethink.report.figures import _pretraining_seen
+
+    costs = summary["pretraining_cost"]
+    assert _pretraining_seen(costs, "imagenet", "images_seen") == 128_116_700
+    assert _pretraining_seen(costs, "imagenet", "pixels_seen") == 128_116_700 * 224 * 224
+    assert _pretraining_seen(costs, "random", "images_seen") is None
 
 
 def test_imagenet_cost_from_the_weights_metadata_and_stated_epochs(tmp_path):

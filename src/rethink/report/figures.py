@@ -316,20 +316,17 @@ def figure_speedup(study, summary: dict, out_dir: Path):
 # ---------------------------------------------------------------------------------------------
 
 
-def _pretraining_seen(study, init: str, key: str):
-    """What the init's pre-training record says it saw (images_seen, instances_seen, pixels_seen); None if not
-    recorded or random init."""
-    record = study.pretrain.get(init) if init != RANDOM else None
-    if record is None:
-        return None
-    pre = record.get(key)
-    if pre is None and key == "instances_seen":
-        # a classification image has one labelled instance
-        pre = record.get("images_seen")
-    return pre
+COST_KEYS = {"images_seen": "images", "instances_seen": "instances", "pixels_seen": "pixels"}
 
 
-def _compute_panel(ax, study, group: list, schedules: list, inits: list, key: str):
+def _pretraining_seen(costs: dict, init: str, key: str):
+    """What the init's pre-training saw (images_seen, instances_seen or pixels_seen), as summary.json's
+    pretraining_cost counts it (rethink's own record, or the published weights' metadata and the study's
+    init_cost); None if unknown or random init."""
+    return (costs.get(init) or {}).get(COST_KEYS[key]) if init != RANDOM else None
+
+
+def _compute_panel(ax, study, costs: dict, group: list, schedules: list, inits: list, key: str):
     """One quantity's bars: per schedule, per init, fine-tuning (solid) with pre-training stacked on it (hatched),
     each bar's total above it."""
     width = 0.8 / max(1, len(inits))
@@ -344,7 +341,7 @@ def _compute_panel(ax, study, group: list, schedules: list, inits: list, key: st
             color = init_color(init, study.sources)
             fine = cell[key]["mean"]
             ax.bar(x, fine, width * 0.92, color=color, zorder=2)
-            pre = _pretraining_seen(study, init, key)
+            pre = _pretraining_seen(costs, init, key)
             if pre is not None:
                 ax.bar(x, pre, width * 0.92, bottom=fine, color=color, alpha=0.35, hatch="///",
                        edgecolor=color, lw=0, zorder=2)
@@ -359,15 +356,15 @@ def _compute_panel(ax, study, group: list, schedules: list, inits: list, key: st
     ax.set_ylim(0, top * (1.35 if rotation else 1.2) if top > 0 else 1)
 
 
-def _compute_legend_label(init: str, study) -> str:
+def _compute_legend_label(init: str, study, costs: dict) -> str:
     if init == RANDOM:
         return init_label(init, study)
-    if study.pretrain.get(init) is None:
+    if _pretraining_seen(costs, init, "images_seen") is None:
         return f"{init_label(init, study)} (fine-tuning; pre-training not recorded)"
     return f"{init_label(init, study)} (fine-tuning)"
 
 
-def figure_compute(study, cells, out_dir: Path):
+def figure_compute(study, cells, costs: dict, out_dir: Path):
     if not cells:
         return None, captions.NOT_DRAWN["no_run_done"]
     first_other = sorted({other_key(c["other"]) for c in cells})[0]
@@ -383,7 +380,7 @@ def figure_compute(study, cells, out_dir: Path):
     fig = Figure(figsize=(10.5, 3.6), dpi=DPI, layout="constrained")
     axes = fig.subplots(1, 3)
     for ax, (key, label) in zip(axes, quantities):
-        _compute_panel(ax, study, group, schedules, inits, key)
+        _compute_panel(ax, study, costs, group, schedules, inits, key)
         ax.set_xticks(range(len(schedules)))
         ax.set_xticklabels(schedules)
         ax.set_xlabel("fine-tuning / training schedule")
@@ -392,8 +389,8 @@ def figure_compute(study, cells, out_dir: Path):
         ax.grid(axis="x", visible=False)
         ax.set_title(label[0].upper() + label[1:])
 
-    handles = [Patch(color=init_color(i, study.sources), label=_compute_legend_label(i, study)) for i in inits]
-    if any(study.pretrain.get(i) is not None for i in inits if i != RANDOM):
+    handles = [Patch(color=init_color(i, study.sources), label=_compute_legend_label(i, study, costs)) for i in inits]
+    if any(_pretraining_seen(costs, i, "images_seen") is not None for i in inits):
         handles.append(Patch(facecolor="0.8", edgecolor="0.4", hatch="///", label="pre-training"))
     fig.legend(handles=handles, loc="outside upper center", ncols=len(handles), frameon=False)
     return _drawn(fig, out_dir, "compute", captions.caption_compute(words.size_label(size, images)))
@@ -475,7 +472,7 @@ def write_figures(study, summary: dict, out_dir) -> tuple:
             ("speedup", lambda: figure_speedup(study, summary, out_dir)),
             ("ap_vs_schedule", lambda: figure_ap_vs_schedule(study, cells, out_dir)),
             ("ap_vs_train_size", lambda: figure_ap_vs_size(study, cells, summary, out_dir)),
-            ("compute", lambda: figure_compute(study, cells, out_dir)),
+            ("compute", lambda: figure_compute(study, cells, summary["pretraining_cost"], out_dir)),
             ("overfitting", lambda: figure_overfitting(study, out_dir)),
             ("forecast", lambda: figure_forecast(study, summary.get("forecast"), out_dir)),
         ):
