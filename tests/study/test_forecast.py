@@ -261,3 +261,25 @@ def test_cli_json_shape(tmp_path):
                           "observed_final_ap"}
     assert set(out["catch_up"][0]) >= {"train_size", "schedule", "probability"}
     assert cell(out, "random", "10x")["predicted_final_ap"] == pytest.approx(planted_final("random", 10.0), abs=0.05)
+
+
+def test_a_borrowed_jump_comes_from_the_nearest_training_set_size():
+    """400 images with no finished run of its tail borrows the LR-drop jump from 100 images (log distance 1.4), not
+    from 2,000 (1.6): a small set over-fits in the tail where a large one gains."""
+    from rethink.study.forecast import Arm, CurveFit, jump_source
+
+    tail = (300, 450)
+    flat = CurveFit(family="exp", params=(40.0, 1e-6, 1.0), sse=0.0, n=5, residuals=(0.0,) * 5)
+
+    def arm(images, final=None):
+        a = Arm(init="pretrain", train_size=images, train_images=images, other={}, seeds=[0], x=np.zeros(5),
+                y=np.zeros(5), last_iter=0, jumps={tail: [(2.0, final, 1)]} if final is not None else {}, observed={})
+        a.fits, a.weights = [flat], [1.0]
+        return a
+
+    small, middle, large = arm(100, final=38.0), arm(400), arm(2000, final=48.0)
+    kind, ratios, _ = jump_source([small, middle, large], middle, tail)
+    assert kind == "ratio" and ratios == pytest.approx([(38.0 - 40.0) / 40.0])
+    nearer_large = arm(1500)
+    kind, ratios, _ = jump_source([small, nearer_large, large], nearer_large, tail)
+    assert ratios == pytest.approx([(48.0 - 40.0) / 40.0])

@@ -19,7 +19,8 @@ until its own first LR drop, and every schedule of 2x or longer then trains the 
 - jump(tail) is everything the tail adds after d1 (both drops, and any over-fitting on small data), learned from
   the arm's runs that have finished a tail of that length (the forks of shorter schedules, the finished trunk):
   jump_i = final_i - f(d1_i), averaged. An arm that has finished no such run borrows the jump as a fraction of
-  the AP at the drop, jump = r * f(d1), r from the arms that have (same init first).
+  the AP at the drop, jump = r * f(d1), r from the arms that have (same init first), of the nearest training-set
+  size (a small set over-fits in the tail where a large one gains; measured in benchmarks/README.md).
 - intervals (80%): residual bootstrap. Each replicate draws a family by its weight, refits it to the fitted
   curve plus resampled residuals, recomputes the jumps from that refit (so the jump and the curve stay
   consistent), resamples the jump observations, and adds the noise of one evaluation (averaged over the seeds).
@@ -261,12 +262,21 @@ def fit_arm(arm: Arm) -> None:
     arm.weights = akaike_weights(fits) if fits else []
 
 
+def _images(a: Arm) -> float:
+    return float(a.train_images or 0) or 1.0
+
+
 def _ratios(arms: list, arm: Arm, tails, same_init: bool) -> list:
-    """Other arms' jumps at these tails as a fraction of their fitted AP at the drop."""
+    """Other arms' jumps at these tails as a fraction of their fitted AP at the drop, from the arms whose training
+    set is nearest in size (log images): what the LR drops add depends on the set's size (a small set over-fits
+    in the tail, a large one gains), so the nearest size is the best stand-in."""
+    candidates = [o for o in arms if o is not arm and o.fits and not (same_init and o.init != arm.init)
+                  and any(t in o.jumps for t in tails)]
+    if candidates:
+        nearest = min(abs(math.log(_images(o) / _images(arm))) for o in candidates)
+        candidates = [o for o in candidates if abs(math.log(_images(o) / _images(arm))) <= nearest + 1e-9]
     ratios = []
-    for other in arms:
-        if other is arm or not other.fits or (same_init and other.init != arm.init):
-            continue
+    for other in candidates:
         fit = other.fits[int(np.argmax(other.weights))]
         for tail in tails:
             for d1, final, _ in other.jumps.get(tail, []):
