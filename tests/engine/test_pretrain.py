@@ -256,3 +256,20 @@ def test_pretraining_writes_tensorboard_events(reference):
     assert got["eval/top1"] == [(r["iter"], pytest.approx(r["top1"])) for r in evals]
     assert got["eval/top1"][-1][1] == pytest.approx(record["top1"])
     assert "train/loss" in got and "train/lr" in got
+
+
+def test_a_nonfinite_loss_fails_the_run_as_detection_does(data_root, tmp_path):
+    """The one policy on a non-finite loss (engine/loop.py fail_run): the run stops at that iteration, before the
+    step, with a FAILED marker naming it and the loss; the same command then refuses to resume it."""
+    from rethink.errors import RunFailed
+    from rethink.fileio import read_json
+
+    cfg = pretrain_config_from_dict(config_dict(data_root, base_lr=1e12, warmup_iters=0))
+    out = tmp_path / "nan"
+    with pytest.raises(RunFailed, match=r"non-finite loss at iteration \d+ \(loss=(nan|inf)\); lower solver.base_lr"):
+        pretrain(cfg, out, progress=False)
+    failed = read_json(out / "FAILED")
+    assert failed["reason"] == "non-finite loss" and 0 <= failed["iter"] < 40 and set(failed["losses"]) == {"loss"}
+    assert not (out / "pretrain.json").exists()
+    with pytest.raises(RunFailed, match="failed earlier at iteration"):
+        pretrain(cfg, out, progress=False)

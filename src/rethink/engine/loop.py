@@ -35,8 +35,8 @@ from tqdm import tqdm
 from rethink.engine import checkpoint as ckpt
 from rethink.engine import distributed
 from rethink.engine.events import RunLog
-from rethink.errors import Interrupted, UserError
-from rethink.fileio import atomic_write_text, read_jsonl, write_jsonl_text
+from rethink.errors import Interrupted, RunFailed, UserError
+from rethink.fileio import atomic_write_json, atomic_write_text, read_json, read_jsonl, write_jsonl_text
 from rethink.models.backbone import norm_parameter_ids
 
 
@@ -250,6 +250,26 @@ class RunClock:
 
     def elapsed(self) -> dict:
         return {**self.before, "wall_time_s": self.before["wall_time_s"] + self.segment_s()}
+
+
+NONFINITE_HINT = "lower solver.base_lr or lengthen solver.warmup_iters"
+
+
+def fail_run(out: Path, it: int, reason: str, losses: dict):
+    """Stop a run for good (a non-finite loss, in every training alike): the FAILED marker records the iteration,
+    the reason and the loss terms, and RunFailed says so in one line. The same command then refuses to resume it."""
+    if distributed.is_main():
+        atomic_write_json(out / "FAILED", {"iter": it, "reason": reason, "losses": losses})
+    raise RunFailed(f"{out}: {reason} at iteration {it} ({', '.join(f'{k}={v:.4g}' for k, v in losses.items())}); "
+                    f"{NONFINITE_HINT}")
+
+
+def refuse_failed(out: Path) -> None:
+    """A run that failed earlier stops here, saying how to retry it."""
+    if (out / "FAILED").exists():
+        failed = read_json(out / "FAILED")
+        raise RunFailed(f"{out}: failed earlier at iteration {failed.get('iter')}: {failed.get('reason')}; "
+                        f"delete {out / 'FAILED'} to retry from the last checkpoint")
 
 
 def restore(state: dict, modules: dict, optimizer) -> None:

@@ -23,7 +23,6 @@ pre-training run has one length (no family of schedules that must share a trajec
 cosine has no drop points to tune for each length. The LR is given for a batch of 256 and scaled linearly.
 """
 
-import math
 import time
 from pathlib import Path
 
@@ -37,10 +36,10 @@ from rethink.config import PRETRAIN_RECORD, PRETRAIN_REFERENCE_BATCH, PRETRAIN_W
 from rethink.data.images import ImageSet, augment, collate_items, load_splits
 from rethink.data.sampling import InfiniteSampler
 from rethink.engine import checkpoint as ckpt
-from rethink.engine.loop import (Periods, PeriodMeter, RunClock, amp_dtype, open_run, param_groups, restore, run_loop,
-                                 setup_device)
+from rethink.engine.loop import (Periods, PeriodMeter, RunClock, amp_dtype, fail_run, open_run, param_groups,
+                                 refuse_failed, restore, run_loop, setup_device)
 from rethink.engine.selfsup import pretrain_selfsup
-from rethink.errors import RunFailed, UserError
+from rethink.errors import UserError
 from rethink.fileio import atomic_save_with, atomic_write_json, atomic_write_text, read_json
 from rethink.models import backbone as bb
 from rethink.models.detector import Normalize
@@ -122,6 +121,7 @@ def pretrain(cfg: PretrainConfig, out: Path, progress: bool = True, stop_at: int
         if record.get("config") == config_dict:
             return record
         raise UserError(f"{record_path}: a finished pre-training with a different config; use another --out")
+    refuse_failed(out)
     if cfg.method != "supervised":  # learning without labels: engine/selfsup.py, in the same loop
         return pretrain_selfsup(cfg, out, config_dict, progress, stop_at)
 
@@ -213,6 +213,10 @@ class PretrainSteps:
         with torch.autocast(device_type=self.device.type, dtype=self.dtype, enabled=self.dtype is not None):
             logits = self.model(images)
         loss = self.criterion(logits.float(), labels)
+        # A non-finite loss stops the run at this iteration, before the step spreads it into the weights: the
+        # policy of every training (engine/loop.py fail_run), at the cost of one CPU-GPU sync per iteration.
+        if not bool(torch.isfinite(loss)):
+            fail_run(self.out, it, "non-finite loss", {"loss": float(loss.detach())})
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
@@ -232,9 +236,6 @@ class PretrainSteps:
     def log_row(self, done: int, lr: float) -> dict:
         p = self.period
         mean_loss = p.mean("loss")
-        if not math.isfinite(mean_loss):
-            raise RunFailed(f"{self.out}: non-finite loss between iterations {done - p.iters + 1} and {done}; "
-                            "lower solver.base_lr or lengthen solver.warmup_iters")
         row = {"type": "train", "iter": done, "loss": mean_loss, "lr": lr,
                "train_top1": 100.0 * int(p.sums["correct"]) / p.images, **p.rates(), **self.counts}
         p.reset()

@@ -52,9 +52,9 @@ from rethink.config import PRETRAIN_RECORD, PRETRAIN_REFERENCE_BATCH, PRETRAIN_W
 from rethink.data.images import UnlabelledImages, labelled_probe, list_images, use_cache
 from rethink.data.sampling import InfiniteSampler
 from rethink.engine import checkpoint as ckpt
-from rethink.engine.loop import (Periods, PeriodMeter, RunClock, amp_dtype, open_run, param_groups, restore, run_loop,
-                                 setup_device)
-from rethink.errors import RunFailed, UserError
+from rethink.engine.loop import (Periods, PeriodMeter, RunClock, amp_dtype, fail_run, open_run, param_groups,
+                                 restore, run_loop, setup_device)
+from rethink.errors import UserError
 from rethink.fileio import atomic_save_with, atomic_write_json, atomic_write_text
 from rethink.models import backbone as bb
 from rethink.models.detector import IMAGE_MEAN, IMAGE_STD, Normalize
@@ -371,6 +371,11 @@ class SelfSupSteps:
             loss_dense = self.criterion_dense(dense_q.float().flatten(end_dim=1), dense_k.flatten(end_dim=1))
             w = self.cfg.ssl.dense_weight
             loss = (1 - w) * loss_global + w * loss_dense
+        if not bool(torch.isfinite(loss)):  # the policy of every training (engine/loop.py fail_run)
+            terms = {"loss_global": float(loss_global.detach())}
+            if loss_dense is not None:
+                terms["loss_dense"] = float(loss_dense.detach())
+            fail_run(self.out, it, "non-finite loss", terms)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
@@ -388,9 +393,6 @@ class SelfSupSteps:
     def log_row(self, done: int, lr: float) -> dict:
         p = self.period
         mean_loss = p.mean("loss")
-        if not math.isfinite(mean_loss):
-            raise RunFailed(f"{self.out}: non-finite loss between iterations {done - p.iters + 1} and {done}; "
-                            "lower solver.base_lr or lengthen solver.warmup_iters")
         spread = p.mean("spread")
         row = {"type": "train", "iter": done, "loss": mean_loss, "loss_global": p.mean("loss_global"), "lr": lr,
                "embedding_std": spread, **p.rates(), **self.counts}

@@ -21,9 +21,9 @@ from rethink.data.sampling import InfiniteSampler, keyed_samplers, keyed_scale_c
 from rethink.engine import checkpoint as ckpt
 from rethink.engine import distributed
 from rethink.engine.evaluate import evaluate
-from rethink.engine.loop import (Periods, PeriodMeter, RunClock, amp_dtype, open_run, param_groups, restore, run_loop,
-                                 setup_device)
-from rethink.errors import RunFailed, UserError
+from rethink.engine.loop import (Periods, PeriodMeter, RunClock, amp_dtype, fail_run, open_run, param_groups,
+                                 refuse_failed, restore, run_loop, setup_device)
+from rethink.errors import UserError
 from rethink.fileio import append_jsonl, atomic_write_json, atomic_write_text, read_json, read_jsonl
 from rethink.models.detector import build_detector, init_from_source, set_mode_sizes
 
@@ -32,12 +32,7 @@ def _finished(out: Path) -> dict | None:
     """final.json of a finished run; a run that failed earlier stops here, saying how to retry it."""
     if (out / "final.json").exists():
         return read_json(out / "final.json")
-    if (out / "FAILED").exists():
-        failed = read_json(out / "FAILED")
-        raise RunFailed(
-            f"{out}: failed earlier at iteration {failed.get('iter')}: {failed.get('reason')}; "
-            f"delete {out / 'FAILED'} to retry from the last checkpoint"
-        )
+    refuse_failed(out)
     return None
 
 
@@ -194,7 +189,7 @@ class DetectionSteps:
             self.counts["nonfinite_skipped"] += 1
             if self.counts["nonfinite_skipped"] > s.max_nonfinite_skips:
                 terms = {k: float(v.detach().float().item()) for k, v in loss_dict.items()}
-                _fail(self.out, it, "non-finite loss", terms)
+                fail_run(self.out, it, "non-finite loss", terms)
             self.optimizer.zero_grad(set_to_none=True)
             return
         self.optimizer.zero_grad(set_to_none=True)
@@ -293,9 +288,3 @@ def _train_loader(cfg: RunConfig, train_set, start_iter: int, rank: int, world_s
         # its own generator: the global RNG (which torchvision's samplers use) stays a function of the iteration
         generator=torch.Generator().manual_seed(cfg.seed),
     )
-
-
-def _fail(out: Path, it: int, reason: str, losses: dict) -> None:
-    if distributed.is_main():
-        atomic_write_json(out / "FAILED", {"iter": it, "reason": reason, "losses": losses})
-    raise RunFailed(f"{out}: {reason} at iteration {it} ({', '.join(f'{k}={v:.4g}' for k, v in losses.items())})")
