@@ -111,3 +111,11 @@ def panel_title(size, images, other: dict) -> str:
     title = words.size_label(size, images)
     label = words.other_label(other)
     return f"{title}\n{label}" if label else title
+
+
+LEGEND_INCHES = 3.5  # the width one legend entry with a study's longer source names takes
+
+
+def legend_columns(fig, handles: list) -> int:
+    """A figure legend's columns: as many entries side by side as the figure's width holds, then further rows."""
+    return max(1, min(len(handles), int(fig.get_figwidth() // LEGEND_INCHES)))

@@ -16,8 +16,8 @@ from matplotlib.ticker import EngFormatter, FixedLocator, NullLocator
 
 from rethink.report import captions, words
 from rethink.report.figure_style import (
-    AP_LABEL, DPI, DROP_COLOR, RANDOM_COLOR, STYLE, init_color, init_label, inits_in_order, panel_grid, panel_title,
-    save_figure, schedule_styles,
+    AP_LABEL, DPI, DROP_COLOR, RANDOM_COLOR, STYLE, init_color, init_label, inits_in_order,
+    legend_columns, panel_grid, panel_title, save_figure, schedule_styles,
 )
 from rethink.report.findings import all_verdicts
 from rethink.study.plan import other_key
@@ -143,7 +143,8 @@ def figure_ap_vs_iterations(study, out_dir: Path):
     if any_band:
         handles.append(Patch(color="0.5", alpha=0.25, lw=0, label="min-max over seeds"))
     # two rows filled column by column: the inits share the first column, the schedules follow
-    fig.legend(handles=handles, loc="outside upper center", ncols=math.ceil(len(handles) / 2), frameon=False)
+    columns = min(math.ceil(len(handles) / 2), legend_columns(fig, handles))
+    fig.legend(handles=handles, loc="outside upper center", ncols=columns, frameon=False)
     return _drawn(fig, out_dir, "ap_vs_iterations", captions.caption_ap_vs_iterations())
 
 
@@ -185,7 +186,7 @@ def figure_ap_vs_schedule(study, cells, out_dir: Path):
         ax.set_ylabel(f"final {AP_LABEL}")
         ax.set_title(panel_title(key[2], key[3], json.loads(key[0])))
     handles = [Line2D([], [], color=init_color(i, sources), marker="o", lw=1.5, label=init_label(i, study)) for i in inits]
-    fig.legend(handles=handles, loc="outside upper center", ncols=len(handles), frameon=False)
+    fig.legend(handles=handles, loc="outside upper center", ncols=legend_columns(fig, handles), frameon=False)
     return _drawn(fig, out_dir, "ap_vs_schedule", captions.caption_ap_vs_schedule())
 
 
@@ -276,7 +277,7 @@ def figure_ap_vs_size(study, cells, summary, out_dir: Path):
         handles.append(Line2D([], [], color="0.5", ls="--", lw=1, label="random behind up to here"))
     if "worth" in marked:
         handles.append(Line2D([], [], color="0.35", ls=":", lw=0.9, label="images random init needs"))
-    fig.legend(handles=handles, loc="outside upper center", ncols=len(handles), frameon=False)
+    fig.legend(handles=handles, loc="outside upper center", ncols=legend_columns(fig, handles), frameon=False)
     caption = captions.caption_ap_vs_size(study.sources[0] if study.sources else None, study.margin_ap)
     return _drawn(fig, out_dir, "ap_vs_train_size", caption)
 
@@ -392,7 +393,7 @@ def figure_compute(study, cells, costs: dict, out_dir: Path):
     handles = [Patch(color=init_color(i, study.sources), label=_compute_legend_label(i, study, costs)) for i in inits]
     if any(_pretraining_seen(costs, i, "images_seen") is not None for i in inits):
         handles.append(Patch(facecolor="0.8", edgecolor="0.4", hatch="///", label="pre-training"))
-    fig.legend(handles=handles, loc="outside upper center", ncols=len(handles), frameon=False)
+    fig.legend(handles=handles, loc="outside upper center", ncols=legend_columns(fig, handles), frameon=False)
     return _drawn(fig, out_dir, "compute", captions.caption_compute(words.size_label(size, images)))
 
 
@@ -532,6 +533,6 @@ def figure_forecast(study, forecast: dict, out_dir: Path):
         ax.set_title(panel_title(key[1], images.get(key), json.loads(key[0])))
     handles = [Line2D([], [], color=init_color(i, sources), marker="o", lw=1.5, label=init_label(i, study)) for i in inits]
     handles.append(Line2D([], [], color="0.3", marker="o", mfc="white", ls="--", lw=1.2, label="forecast"))
-    fig.legend(handles=handles, loc="outside upper center", ncols=len(handles), frameon=False)
+    fig.legend(handles=handles, loc="outside upper center", ncols=legend_columns(fig, handles), frameon=False)
     return _drawn(fig, out_dir, "forecast", captions.caption_forecast(forecast["interval"]))
 
