@@ -35,11 +35,9 @@ sys.path.insert(0, str(REPO / "src"))
 sys.path.insert(0, str(REPO / "tests" / "report"))
 
 from rethink import schedule as sched  # noqa: E402
-from rethink.errors import UserError  # noqa: E402
+from rethink.study.backtest import FRACTIONS, backtest, summarize  # noqa: E402
 from rethink.study.results import PRIMARY, RANDOM, load_results  # noqa: E402
-from rethink.study.forecast import forecast_study, truncate_study  # noqa: E402
 
-FRACTIONS = (0.3, 0.4, 0.6, 0.8)
 GEOMETRIES = {
     "demo-like": {"iters_1x": 600, "schedules": ("2x", "10x"), "eval_every": 300},
     "paper-like": {"iters_1x": 900, "schedules": ("2x", "4x", "6x"), "eval_every": 100},
@@ -145,102 +143,6 @@ def write_fixture(root: Path, noise: float, rng) -> Path:
         final["final"][PRIMARY] = [r for r in rows if r["type"] == "eval"][-1][PRIMARY]
         (run_dir / "final.json").write_text(json.dumps(final))
     return root
-
-
-# ---------------------------------------------------------------------------------------------
-# Backtest
-# ---------------------------------------------------------------------------------------------
-
-
-def measured_cells(study) -> dict:
-    """(init, train_size, other_key, factor) -> mean final AP over seeds, for cells whose every run is done."""
-    groups = {}
-    for run in study.runs:
-        groups.setdefault((run.init, run.train_size, run.other_key, run.schedule_factor), []).append(run)
-    out = {}
-    for key, runs in groups.items():
-        if all(r.state == "done" for r in runs):
-            out[key] = float(np.mean([r.final["final"][PRIMARY] for r in runs]))
-    return out
-
-
-def study_verdicts(study, measured: dict) -> dict:
-    """(train_size, other_key, source) -> random within the margin of pretrained's best at the longest schedule."""
-    out = {}
-    for (init, size, other, factor) in measured:
-        if init == RANDOM:
-            continue
-        factors = sorted(f for (i, s, o, f) in measured if (i, s, o) == (init, size, other))
-        longest = factors[-1]
-        if (RANDOM, size, other, longest) not in measured:
-            continue
-        best = max(measured[(init, size, other, f)] for f in factors)
-        out[(size, other, init)] = measured[(RANDOM, size, other, longest)] >= best - study.margin_ap
-    return out
-
-
-def backtest(study, label: str, n_boot: int) -> list:
-    measured = measured_cells(study)
-    verdicts = study_verdicts(study, measured)
-    longest = {}
-    for run in study.runs:
-        key = (run.train_size, run.other_key)
-        longest[key] = max(longest.get(key, 0), run.iters or 0)
-    rows = []
-    for fraction in FRACTIONS:
-        cut = {key: int(fraction * total) for key, total in longest.items()}
-        truncated = truncate_study(study, cut)
-        still = measured_cells(truncated)
-        try:
-            result = forecast_study(truncated, n_boot=n_boot)
-        except UserError as exc:
-            rows.append({"study": label, "fraction": fraction, "error": str(exc)})
-            continue
-        factors_longest = {key: max(r.schedule_factor for r in study.runs if (r.train_size, r.other_key) == key)
-                           for key in longest}
-        for c in result["cells"]:
-            other = json.dumps(c["other"], sort_keys=True)
-            factor = sched.parse_schedule(c["schedule"])
-            key = (c["init"], c["train_size"], other, factor)
-            if key not in measured or key in still:
-                continue  # not measured in the full study, or already known at the cut
-            row = {"study": label, "fraction": fraction, "init": c["init"], "train_size": c["train_size"],
-                   "schedule": c["schedule"], "longest": factor == factors_longest[(c["train_size"], other)],
-                   "measured": measured[key], "predicted": c["predicted_final_ap"], "interval": c["interval"],
-                   "note": c["note"]}
-            if c["predicted_final_ap"] is not None:
-                row["error"] = c["predicted_final_ap"] - measured[key]
-                row["covered"] = c["interval"][0] <= measured[key] <= c["interval"][1]
-            rows.append(row)
-        for entry in result["catch_up"]:
-            other = json.dumps(entry["other"], sort_keys=True)
-            truth = verdicts.get((entry["train_size"], other, entry["init"]))
-            if truth is None or entry["probability"] is None:
-                continue
-            top = factors_longest[(entry["train_size"], other)]
-            said = entry["schedule"] is not None and sched.parse_schedule(entry["schedule"]) <= top
-            rows.append({"study": label, "fraction": fraction, "catch_up": True, "train_size": entry["train_size"],
-                         "agrees": said == truth, "forecast": entry["schedule"], "measured_holds": truth})
-    return rows
-
-
-def summarize(rows: list, source: str, fraction: float, longest_only: bool) -> dict:
-    cells = [r for r in rows if r.get("source") == source and r["fraction"] == fraction and "catch_up" not in r
-             and "init" in r and (r["longest"] or not longest_only)]
-    scored = [r for r in cells if "error" in r]
-    errors = [abs(r["error"]) for r in scored]
-    verdicts = [r for r in rows if r.get("source") == source and r["fraction"] == fraction and r.get("catch_up")]
-    failed = [r for r in rows if r.get("source") == source and r["fraction"] == fraction and "init" not in r
-              and not r.get("catch_up")]
-    return {"source": source, "fraction": fraction, "cells": len(cells), "forecast": len(scored),
-            "mean_abs_error": float(np.mean(errors)) if errors else None,
-            "p90_abs_error": float(np.quantile(errors, 0.9)) if errors else None,
-            "max_abs_error": max(errors) if errors else None,
-            "coverage": float(np.mean([r["covered"] for r in scored])) if scored else None,
-            "covered": int(sum(r["covered"] for r in scored)),
-            "mean_width": float(np.mean([r["interval"][1] - r["interval"][0] for r in scored])) if scored else None,
-            "catch_up_agrees": f"{sum(r['agrees'] for r in verdicts)}/{len(verdicts)}",
-            "refused": len(failed)}
 
 
 def main():

@@ -350,7 +350,7 @@ def cmd_forecast(args) -> int:
     from rethink.report.words import fmt_ap
     from rethink.study.forecast import forecast_study, parse_schedules
 
-    factors = parse_schedules(args.schedules) if args.schedules else None
+    factors = parse_schedules(args.schedules) if args.schedules is not None else None
     result = forecast_study(load_results(Path(args.dir)), factors)
     if args.json:
         print(strict_json({k: result[k] for k in ("cells", "catch_up", "arms", "margin_ap", "interval")}, indent=1))

@@ -234,3 +234,36 @@ def make_study(root, *, name: str = "fixture", inits=("random", "pretrain"), sch
         study["init_cost"] = init_cost
     (root / "study.json").write_text(json.dumps(study, indent=1), encoding="utf-8")
     return root
+
+
+# ---------------------------------------------------------------------------------------------
+# A planted study whose forecast errors at each cut are known
+# ---------------------------------------------------------------------------------------------
+
+# Each arm's curve is exactly a - b * exp(-x / tau) (x in units of 1x) until a run's first LR drop, then that value
+# plus the jump. Every schedule here (2x, 4x, 8x) trains the same tail after its first drop, so the forecast learns
+# the jump from the runs done. The 4x and 8x runs end PLANTED_BIAS AP above that, so a forecast made before they
+# finished misses by exactly that much.
+PLANTED_ARMS = {"random": (40.0, 39.0, 2.0, 4.0), "pretrain": (41.0, 38.0, 0.5, 2.5)}  # a, b, tau, jump
+PLANTED_BIAS = {"4x": 3.0, "8x": 1.0}
+
+
+def planted_ap(t: int, *, init: str, images: int, drops: list, seed: int) -> float:
+    a, b, tau_, jump = PLANTED_ARMS[init]
+    d1, d2 = drops
+    total = d2 + 2 * UNIT_ITERS // 9  # schedules of 2x and longer drop the second time 2/9 of 1x before the end
+    ap = a - b * math.exp(-min(t, d1) / UNIT_ITERS / tau_) + (jump if t > d1 else 0.0)
+    if t == total:
+        ap += PLANTED_BIAS.get(f"{total // UNIT_ITERS}x", 0.0)
+    return ap
+
+
+def make_planted_study(root, states: dict | None = None) -> Path:
+    """2x/4x/8x on the full set, one seed, random and pretrain on `planted_ap`'s curves.
+
+    Cut at 30% or 40% of 8x (2x done, 4x and 8x not), the forecast misses 4x by -3 AP and 8x by -1 AP. Cut at
+    60% or 80% (4x done too), 8x's jump is the mean of 2x's (exact) and 4x's (3 AP high), and it misses 8x by
+    +0.5 AP; its interval spans the two jumps, [exact, exact + 3].
+    """
+    return make_study(root, name="planted", schedules=("2x", "4x", "8x"), sizes=("full",), seeds=(0,),
+                      states=states, ap_fn=planted_ap)

@@ -1,5 +1,6 @@
-"""Every sentence of the report is built in words.py (the figures' in captions.py): render.py lays out pages and
-figures.py and figure_style.py draw, none writes prose (a sentence template there would drift from the words the
+"""Every sentence of the report is built in words.py (the figures' in captions.py, the forecast section's in
+forecast_words.py): render.py lays out pages, forecasts.py computes, figures.py, figure_style.py and
+forecast_figure.py draw; none writes prose (a sentence template there would drift from the words the
 findings and answers use)."""
 
 import ast
@@ -33,7 +34,7 @@ def prose(path: Path) -> list:
 
 
 def test_render_and_figures_build_no_sentences():
-    for name in ("render.py", "figures.py", "figure_style.py"):
+    for name in ("render.py", "figures.py", "figure_style.py", "forecast_figure.py", "forecasts.py"):
         assert prose(REPORT / name) == [], name
 
 

@@ -278,8 +278,8 @@ def test_a_borrowed_jump_comes_from_the_nearest_training_set_size():
         return a
 
     small, middle, large = arm(100, final=38.0), arm(400), arm(2000, final=48.0)
-    kind, ratios, _ = jump_source([small, middle, large], middle, tail)
-    assert kind == "ratio" and ratios == pytest.approx([(38.0 - 40.0) / 40.0])
+    kind, jumps, _ = jump_source([small, middle, large], middle, tail)
+    assert kind == "borrowed" and jumps == pytest.approx([38.0 - 40.0])  # in AP, not as a fraction
     nearer_large = arm(1500)
-    kind, ratios, _ = jump_source([small, nearer_large, large], nearer_large, tail)
-    assert ratios == pytest.approx([(48.0 - 40.0) / 40.0])
+    kind, jumps, _ = jump_source([small, nearer_large, large], nearer_large, tail)
+    assert jumps == pytest.approx([48.0 - 40.0])

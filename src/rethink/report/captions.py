@@ -74,7 +74,11 @@ def caption_overfitting() -> str:
 
 
 def caption_forecast(interval: float) -> str:
-    return (f"Final box AP per schedule: measured (filled, solid) and forecast from the curves so far (open, dashed, "
-            f"with {int(round(interval * 100))}% intervals) for the schedules not run yet, by `rethink forecast`'s "
-            "model of this experiment (a saturating curve until the first LR drop, the jump after it learned from "
-            "the forks). Measured values are means over the seeds done.")
+    pct = int(round(interval * 100))
+    return (f"Final box AP against schedule length, one panel per training-set size: measured (filled markers, solid "
+            f"lines; means over the seeds done) and forecast from the curves so far (dashed lines in shaded {pct}% "
+            "intervals) for every schedule not measured yet, by `rethink forecast`'s model of this experiment (a "
+            "saturating curve until the first LR drop, the jump after it learned from the forks). The star marks "
+            "where random init is within the margin of the pretrained arm's best (the catch-up). Labelled ticks: "
+            "the schedules tried, the catch-up and the horizon (the longest forecast); unlabelled ticks: the other "
+            "schedules forecast.")

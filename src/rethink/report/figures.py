@@ -20,6 +20,7 @@ from rethink.report.figure_style import (
     legend_columns, panel_grid, panel_title, save_figure, schedule_styles,
 )
 from rethink.report.findings import all_verdicts
+from rethink.report.forecast_figure import draw_forecast
 from rethink.study.plan import other_key
 from rethink.study.results import PRIMARY, RANDOM, size_sort_key
 
@@ -490,49 +491,12 @@ def write_figures(study, summary: dict, out_dir) -> tuple:
 
 
 # ---------------------------------------------------------------------------------------------
-# 6. The forecast: final AP per schedule, observed and forecast beyond what was run
+# 6. The forecast: final AP per schedule, measured and forecast (forecast_figure.py draws it)
 # ---------------------------------------------------------------------------------------------
 
 
 def figure_forecast(study, forecast: dict, out_dir: Path):
     if not forecast or not forecast.get("cells"):
         return None, (forecast or {}).get("not_available") or "no forecast"
-    panels = {}
-    for cell in forecast["cells"]:
-        panels.setdefault((other_key(cell["other"]), cell["train_size"]), []).append(cell)
-    images = {(r.other_key, r.train_size): r.train_images for r in study.runs}
-    keys = sorted(panels, key=lambda k: (k[0], size_sort_key(k[1], images.get(k))))
-    inits = inits_in_order(study)
-    sources = study.sources
-    fig, axes = panel_grid(keys, 3.2, 2.7)
-    for ax, key in zip(axes, keys):
-        ticks = {}
-        for init in inits:
-            mine = sorted((c for c in panels[key] if c["init"] == init), key=lambda c: c["iters"])
-            if not mine:
-                continue
-            color = init_color(init, sources)
-            seen = [c for c in mine if _finite(c["observed_final_ap"])]
-            ax.plot([c["iters"] for c in seen], [c["observed_final_ap"] for c in seen], color=color, marker="o",
-                    ms=4, lw=1.5)
-            ahead = [c for c in mine if c["observed_final_ap"] is None and c["predicted_final_ap"] is not None]
-            if ahead:
-                # dashed from the last observed schedule on, with the forecast's interval as error bars
-                start = seen[-1:] if seen else []
-                xs = [c["iters"] for c in start] + [c["iters"] for c in ahead]
-                ys = [c["observed_final_ap"] for c in start] + [c["predicted_final_ap"] for c in ahead]
-                ax.plot(xs, ys, color=color, ls="--", lw=1.2)
-                lo = [c["predicted_final_ap"] - c["interval"][0] for c in ahead]
-                hi = [c["interval"][1] - c["predicted_final_ap"] for c in ahead]
-                ax.errorbar([c["iters"] for c in ahead], [c["predicted_final_ap"] for c in ahead], yerr=[lo, hi],
-                            color=color, marker="o", mfc="white", ms=4, ls="none", capsize=2, lw=1)
-            ticks.update({c["iters"]: c["schedule"] for c in mine})
-        _log_x_ticks(ax, ticks, fontsize=7)
-        ax.set_xlabel("schedule length (log scale)")
-        ax.set_ylabel(f"final {AP_LABEL}")
-        ax.set_title(panel_title(key[1], images.get(key), json.loads(key[0])))
-    handles = [Line2D([], [], color=init_color(i, sources), marker="o", lw=1.5, label=init_label(i, study)) for i in inits]
-    handles.append(Line2D([], [], color="0.3", marker="o", mfc="white", ls="--", lw=1.2, label="forecast"))
-    fig.legend(handles=handles, loc="outside upper center", ncols=legend_columns(fig, handles), frameon=False)
+    fig = draw_forecast(study, forecast)
     return _drawn(fig, out_dir, "forecast", captions.caption_forecast(forecast["interval"]))
-

@@ -9,10 +9,10 @@ import base64
 import html
 from pathlib import Path
 
-from rethink.errors import UserError
 from rethink.fileio import atomic_write_json, atomic_write_text
-from rethink.report import findings, words
+from rethink.report import findings, forecast_words, words
 from rethink.report.figures import write_figures
+from rethink.report.forecasts import study_forecast
 from rethink.report.words import STATUS_WORDS
 from rethink.study.plan import other_key
 from rethink.study.results import PRIMARY, load_results
@@ -287,10 +287,10 @@ def render_html(summary: dict, figures: list, skipped: list) -> str:
     parts += _html_answers_and_verdict(summary)
 
     parts.append(f"<h2>{words.HEADINGS['forecast']}</h2>")
-    parts += [f"<p>{_e(text)}</p>" for text in words.forecast_sentences(summary)]
-    headers, rows = words.forecast_rows(summary)
+    parts += [f"<p>{_e(text)}</p>" for text in forecast_words.forecast_sentences(summary)]
+    headers, rows, left = forecast_words.forecast_rows(summary)
     if rows:
-        parts.append(_html_table(headers, rows, {0, 1, 2}))
+        parts.append(_html_table(headers, rows, left))
 
     parts += _html_figures(figures, skipped)
     parts += _html_tables_and_runs(summary)
@@ -333,9 +333,9 @@ def render_markdown(summary: dict, figures: list, skipped: list) -> str:
             out.append(f"- **{question}** *{STATUS_WORDS[status]}.* {text}")
         out.append("")
     out += [f"## {words.HEADINGS['forecast']}", ""]
-    for text in words.forecast_sentences(summary):
+    for text in forecast_words.forecast_sentences(summary):
         out += [text, ""]
-    headers, rows = words.forecast_rows(summary)
+    headers, rows, _ = forecast_words.forecast_rows(summary)
     if rows:
         out += [_md_table(headers, rows), ""]
     out += [f"## {words.HEADINGS['figures']}", ""]
@@ -368,17 +368,6 @@ def render_markdown(summary: dict, figures: list, skipped: list) -> str:
 # ---------------------------------------------------------------------------------------------
 # Entry point
 # ---------------------------------------------------------------------------------------------
-
-
-def study_forecast(study) -> dict:
-    """The forecast section's data: `rethink forecast` on the curves so far, or why there is none."""
-    from rethink.study.forecast import forecast_study
-
-    try:
-        result = forecast_study(study)
-    except UserError as exc:
-        return {"not_available": str(exc)}
-    return {k: result[k] for k in ("interval", "margin_ap", "cells", "catch_up", "arms")}
 
 
 def write_report(study_dir) -> Path:

@@ -1,5 +1,5 @@
 """Words for the report: number formats, the sentence of each finding and the answers to the four questions
-(the figures' titles and captions are captions.py's).
+(the figures' titles and captions are captions.py's, the forecast section's forecast_words.py's).
 
 Everything here reads the plain data that `report.stats` computes (summary.json) and returns strings; no
 number is computed here that the summary does not hold, so the sentences say what the numbers say.
@@ -406,61 +406,6 @@ def add_text(summary: dict) -> dict:
     for key, title, text in question_answers(summary):
         summary["questions"][key].update(question=title, text=text)
     return summary
-
-
-# ---------------------------------------------------------------------------------------------
-# The forecast
-# ---------------------------------------------------------------------------------------------
-
-
-def _images_of(summary: dict, train_size, other: dict):
-    return next((c["train_images"] for c in summary["cells"]
-                 if c["train_size"] == train_size and c["other"] == other), None)
-
-
-def forecast_sentences(summary: dict) -> list:
-    """One sentence per training-set size: when random init is forecast to catch up, or why no forecast."""
-    forecast = summary.get("forecast") or {}
-    if "not_available" in forecast:
-        return [f"No forecast: {forecast['not_available']}."]
-    pct = int(round(forecast["interval"] * 100))
-    out = [f"From the curves so far, `rethink forecast` predicts each arm's final box AP at the schedules tried and "
-           f"longer ones, with {pct}% intervals (figure and table below); catching up means random init within "
-           f"the {forecast['margin_ap']:.1f} AP margin of the pretrained arm's best."]
-    for c in forecast["catch_up"]:
-        where = size_label(c["train_size"], _images_of(summary, c["train_size"], c["other"]))
-        extra = f" ({other_label(c['other'])})" if c["other"] else ""
-        if c.get("note") and c["schedule"] is None and c.get("probability") is None:
-            out.append(f"{where}{extra}, against {c['init']}: {c['note']}.")
-        elif c["schedule"] is None:
-            out.append(f"{where}{extra}, against {c['init']}: random init is not forecast to catch up by "
-                       f"{c['horizon']}, the longest schedule forecast (probability {c['probability']:.0%} that it "
-                       "does).")
-        else:
-            out.append(f"{where}{extra}, against {c['init']}: random init is forecast to catch up at {c['schedule']} "
-                       f"({fmt_int(c['iters'])} iterations; probability {c['probability']:.0%}).")
-    for arm in forecast.get("arms", []):
-        if arm.get("fits") and arm.get("plateau_in_sight") is False:
-            where = size_label(arm["train_size"], _images_of(summary, arm["train_size"], arm["other"]))
-            out.append(f"{arm['init']} on {where}: no plateau in sight yet (fits with the asymptote at the 100 AP "
-                       f"bound carry over {100 - pct}% of its weight), so its forecasts are set by that bound, not "
-                       "by the curve; train further before relying on them.")
-    return out
-
-
-def forecast_rows(summary: dict) -> tuple:
-    """(headers, rows) of the forecast cells for schedules not observed yet."""
-    forecast = summary.get("forecast") or {}
-    headers = ["init", "training set", "schedule", "iterations", "forecast box AP", "interval"]
-    rows = []
-    for c in forecast.get("cells", []):
-        if c["observed_final_ap"] is not None or c["predicted_final_ap"] is None:
-            continue
-        lo, hi = c["interval"]
-        rows.append([c["init"], size_label(c["train_size"], _images_of(summary, c["train_size"], c["other"]))
-                     + (f" ({other_label(c['other'])})" if c["other"] else ""),
-                     c["schedule"], fmt_int(c["iters"]), fmt_ap(c["predicted_final_ap"]), f"[{lo:.1f}, {hi:.1f}]"])
-    return headers, rows
 
 
 # ---------------------------------------------------------------------------------------------

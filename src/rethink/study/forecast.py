@@ -18,12 +18,19 @@ until its own first LR drop, and every schedule of 2x or longer then trains the 
   clean curves pick their own family, noisy short ones keep several and the interval shows the disagreement).
 - jump(tail) is everything the tail adds after d1 (both drops, and any over-fitting on small data), learned from
   the arm's runs that have finished a tail of that length (the forks of shorter schedules, the finished trunk):
-  jump_i = final_i - f(d1_i), averaged. An arm that has finished no such run borrows the jump as a fraction of
-  the AP at the drop, jump = r * f(d1), r from the arms that have (same init first), of the nearest training-set
-  size (a small set over-fits in the tail where a large one gains; measured in benchmarks/README.md).
+  jump_i = final_i - f(d1_i), averaged. An arm that has finished no such run borrows the jump, in AP, from the
+  arms that have (same init first) of the nearest training-set size (a small set over-fits in the tail where a
+  large one gains; measured in benchmarks/README.md).
 - intervals (80%): residual bootstrap. Each replicate draws a family by its weight, refits it to the fitted
   curve plus resampled residuals, recomputes the jumps from that refit (so the jump and the curve stay
   consistent), resamples the jump observations, and adds the noise of one evaluation (averaged over the seeds).
+  The bootstrap sees only the noise around the fit the curve so far favours; a prefix can favour the wrong
+  plateau (the real curves rise almost linearly, then bend). So each replicate also adds an extrapolation error
+  measured on the arm's own curve (`prefix_errors`): fitted to its first 50-80%, how far the fit missed its
+  latest evaluation, per unit of log(iterations); drawn with either sign and scaled by how far beyond the latest
+  evaluation the forecast reaches, log(d1 / latest). Within the curve so far it adds nothing.
+- no forecast, and a note saying why, for an arm with a pre-drop AP that is not a finite number (named by run and
+  iteration) or a curve that falls (a slope below zero by two standard errors: every family rises).
 
 Catching up (issue 12's rule, extended along the schedules): random catches up at S when its final AP at S is
 within margin_ap of pretrained's best final AP over the schedules up to S. The catch-up schedule is the shortest
@@ -160,6 +167,10 @@ NO_PLATEAU_NOTE = (f"no plateau in sight: fits with the asymptote at the {AP_MAX
                    f"{1 - INTERVAL:.0%} of the weight, so the forecast is set by the bound, not by the curve")
 
 
+UNCHECKED_NOTE = ("interval from the bootstrap alone: too few evaluations to check how the curve's own first part "
+                  "extrapolates")
+
+
 def akaike_weights(fits: list) -> list:
     aics = [f.aic for f in fits]
     low = min(aics)
@@ -184,6 +195,7 @@ class Arm:
     last_iter: int  # the latest evaluated iteration on the pre-drop curve
     jumps: dict  # tail -> [(d1 in 1x units, mean final AP over seeds)] of finished runs
     observed: dict  # schedule factor -> mean final AP, where every planned seed is done
+    broken: str | None = None  # the first pre-drop evaluation whose AP is not a finite number
     fits: list = field(default_factory=list)
     weights: list = field(default_factory=list)
     note: str | None = None
@@ -221,14 +233,7 @@ def collect_arms(study: StudyResults, iters_1x: int) -> list:
         groups.setdefault((run.init, run.train_size, run.other_key), []).append(run)
     arms = []
     for (init, train_size, _), runs in groups.items():
-        points = {}  # (seed, iter) -> AP: forks repeat their trunk's lines up to the fork point
-        for run in runs:
-            if run.state == "failed":
-                continue
-            first_drop = sched.drop_iters(run.schedule_factor, iters_1x)[0]
-            for row in run.evals:
-                if row["iter"] <= first_drop and _finite(row.get(PRIMARY)):
-                    points[(run.seed, row["iter"])] = float(row[PRIMARY])
+        points, broken = _pre_drop_points(runs, iters_1x)
         jumps, observed = {}, {}
         by_schedule = {}
         for run in runs:
@@ -248,11 +253,49 @@ def collect_arms(study: StudyResults, iters_1x: int) -> list:
             train_images=next((r.train_images for r in runs if r.train_images is not None), None),
             other=dict(runs[0].other), seeds=sorted({r.seed for r in runs}),
             x=np.array([k[1] / iters_1x for k in keys]), y=np.array([points[k] for k in keys]),
-            last_iter=max((k[1] for k in keys), default=0), jumps=jumps, observed=observed))
+            last_iter=max((k[1] for k in keys), default=0), jumps=jumps, observed=observed, broken=broken))
     return arms
 
 
+def _pre_drop_points(runs: list, iters_1x: int) -> tuple:
+    """({(seed, iter): AP} of the evaluations at or before each run's first drop (forks repeat their trunk's lines
+    up to the fork point), the first evaluation whose AP is not a finite number as "run iteration N", or None)."""
+    points, broken = {}, None
+    for run in runs:
+        if run.state == "failed":
+            continue
+        first_drop = sched.drop_iters(run.schedule_factor, iters_1x)[0]
+        for row in run.evals:
+            if row["iter"] > first_drop or PRIMARY not in row:
+                continue
+            if _finite(row[PRIMARY]):
+                points[(run.seed, row["iter"])] = float(row[PRIMARY])
+            elif broken is None:
+                broken = f"{run.name} iteration {row['iter']}: {PRIMARY} is {row[PRIMARY]!r}"
+    return points, broken
+
+
+def _falls(x, y) -> bool:
+    """Whether the pre-drop curve falls: a least-squares slope below zero by more than twice its standard error.
+    Every family rises, so a forecast of a falling curve would be the families' flat compromise, not the curve."""
+    if len(x) < MIN_POINTS or np.ptp(x) == 0:
+        return False
+    slope, intercept = np.polyfit(x, y, 1)
+    residuals = y - (slope * x + intercept)
+    se = math.sqrt(float(np.sum(residuals ** 2)) / (len(x) - 2) / float(np.sum((x - x.mean()) ** 2)))
+    return bool(slope < -2 * se)
+
+
 def fit_arm(arm: Arm) -> None:
+    """The arm's fits and Akaike weights, or none and a note saying why there is no forecast."""
+    arm.fits, arm.weights = [], []
+    if arm.broken is not None:
+        arm.note = f"{arm.broken}, not a finite number; no forecast for this arm until that evaluation is redone"
+        return
+    if _falls(arm.x, arm.y):
+        arm.note = ("its AP falls before the first LR drop; the curve families all rise, so there is no forecast "
+                    "for this arm")
+        return
     fits = [f for f in (fit_curve(arm.x, arm.y, fam) for fam in FAMILIES) if f is not None]
     if len(arm.x) < MIN_POINTS:
         arm.note = f"{len(arm.x)} evaluations before the first LR drop; at least {MIN_POINTS} are needed to fit"
@@ -262,44 +305,75 @@ def fit_arm(arm: Arm) -> None:
     arm.weights = akaike_weights(fits) if fits else []
 
 
+PREFIX_SHARES = (0.5, 0.6, 0.7, 0.8)
+
+
+def _mixture(fits: list, weights: list, x) -> float:
+    return float(sum(w * curve_value(f.family, f.params, x) for f, w in zip(fits, weights)))
+
+
+def prefix_errors(arm: Arm) -> list:
+    """How far the arm's own curve misleads a fit of its first part, per unit of log horizon.
+
+    For each share q of the latest evaluated iteration, the families are fitted to the evaluations up to q of it
+    and their Akaike mixture forecasts the latest evaluation (its mean over seeds): error / log(1 / q). The real
+    forecast reaches log(d1 / latest) beyond what was evaluated; these errors, scaled to that horizon, are the
+    part of its uncertainty the residual bootstrap cannot see (a prefix that favours the wrong plateau).
+    """
+    if len(arm.x) == 0:
+        return []
+    last = float(arm.x.max())
+    target = float(np.mean(arm.y[arm.x == last]))
+    # the families the forecast itself mixes (a family with under 1% of the weight changes nothing it says)
+    families = [f.family for f, w in zip(arm.fits, arm.weights) if w >= 0.01]
+    errors = []
+    for q in PREFIX_SHARES:
+        keep = arm.x <= q * last + 1e-9
+        fits = [f for f in (fit_curve(arm.x[keep], arm.y[keep], fam) for fam in families) if f is not None]
+        if not fits:
+            continue
+        errors.append((_mixture(fits, akaike_weights(fits), last) - target) / math.log(1.0 / q))
+    return errors
+
+
 def _images(a: Arm) -> float:
     return float(a.train_images or 0) or 1.0
 
 
-def _ratios(arms: list, arm: Arm, tails, same_init: bool) -> list:
-    """Other arms' jumps at these tails as a fraction of their fitted AP at the drop, from the arms whose training
-    set is nearest in size (log images): what the LR drops add depends on the set's size (a small set over-fits
-    in the tail, a large one gains), so the nearest size is the best stand-in."""
+def _borrowed_jumps(arms: list, arm: Arm, tails, same_init: bool) -> list:
+    """Other arms' jumps at these tails in AP (final minus their fitted AP at the drop), from the arms whose
+    training set is nearest in size (log images): what the LR drops add depends on the set's size (a small set
+    over-fits in the tail, a large one gains), so the nearest size is the best stand-in. In AP, not as a fraction
+    of the AP at the drop: a short schedule drops early, where the same few AP are a large fraction, and a
+    fraction learned there overshoots a long schedule's (benchmarks/README.md, "Forecast calibration")."""
     candidates = [o for o in arms if o is not arm and o.fits and not (same_init and o.init != arm.init)
                   and any(t in o.jumps for t in tails)]
     if candidates:
         nearest = min(abs(math.log(_images(o) / _images(arm))) for o in candidates)
         candidates = [o for o in candidates if abs(math.log(_images(o) / _images(arm))) <= nearest + 1e-9]
-    ratios = []
+    jumps = []
     for other in candidates:
         fit = other.fits[int(np.argmax(other.weights))]
         for tail in tails:
             for d1, final, _ in other.jumps.get(tail, []):
-                at_drop = float(curve_value(fit.family, fit.params, d1))
-                if at_drop > 0:
-                    ratios.append((final - at_drop) / at_drop)
-    return ratios
+                jumps.append(final - float(curve_value(fit.family, fit.params, d1)))
+    return jumps
 
 
 def jump_source(arms: list, arm: Arm, tail: tuple) -> tuple:
-    """Where the jump of a schedule with this tail comes from: (kind, values, note), kind "own" or "ratio".
+    """Where the jump of a schedule with this tail comes from: (kind, values, note), kind "own" or "borrowed".
 
-    The arm's own finished runs of this tail first; else other arms' at this tail, as a fraction of their AP at
-    the drop (same init first). Never from a run of another tail (a schedule under 2x trains a shorter one):
-    how the jump changes with the tail's length is not something the study measures, so such cells get no
-    number. (None, None, note) when there is nothing to learn from.
+    The arm's own finished runs of this tail first; else other arms' jumps at this tail, in AP (same init first).
+    Never from a run of another tail (a schedule under 2x trains a shorter one): how the jump changes with the
+    tail's length is not something the study measures, so such cells get no number. (None, None, note) when
+    there is nothing to learn from.
     """
     if tail in arm.jumps:
         return "own", arm.jumps[tail], None
     for same_init in (True, False):
-        ratios = _ratios(arms, arm, [tail], same_init)
-        if ratios:
-            return "ratio", ratios, "LR-drop jump borrowed from other arms, as a fraction of the AP at the drop"
+        jumps = _borrowed_jumps(arms, arm, [tail], same_init)
+        if jumps:
+            return "borrowed", jumps, "LR-drop jump borrowed from the arms of the nearest training-set size"
     return None, None, f"no finished run yet trains this schedule's tail ({tail[1]} iterations after the first drop)"
 
 
@@ -316,6 +390,16 @@ def _arm_samples(arm: Arm, arms: list, factors: list, grid_x, iters_1x: int, n_b
     grid = np.full((n_boot, len(grid_x)), np.nan)
     chosen = rng.choice(len(arm.fits), size=n_boot, p=arm.weights)
     n = len(arm.x)
+    errors = np.abs(prefix_errors(arm))
+    last = float(arm.x.max())
+
+    def extrapolation(x):
+        """One draw of the prefix error at horizon log(x / last), either sign: the sign on a short prefix does not
+        tell which way the plateau is missed (module docstring)."""
+        if not len(errors) or x <= last:
+            return 0.0
+        return float(rng.choice(errors)) * math.log(x / last) * float(rng.choice((-1.0, 1.0)))
+
     for b in range(n_boot):
         fit = arm.fits[chosen[b]]
         # residuals inflated for the fitted parameters (n / (n - k)), then resampled onto the fitted curve
@@ -330,19 +414,24 @@ def _arm_samples(arm: Arm, arms: list, factors: list, grid_x, iters_1x: int, n_b
         def noise(k):
             return float(np.mean(rng.choice(res, size=k)))
 
-        grid[b] = f_at(grid_x) + [noise(n_seeds) for _ in grid_x]
+        grid[b] = np.clip(f_at(grid_x) + [noise(n_seeds) + extrapolation(x) for x in grid_x], 0.0, AP_MAX)
         for factor in finals:
             kind, obs, _ = sources[factor]
             d1 = sched.drop_iters(factor, iters_1x)[0] / iters_1x
             at_drop = float(f_at(d1))
             if kind == "own":
-                picks = rng.integers(0, len(obs), size=len(obs))
-                jump = float(np.mean([obs[i][1] - f_at(obs[i][0]) for i in picks]))
-                jump += float(np.mean([noise(obs[i][2]) for i in picks]))  # the observed finals' own noise
+                # one observed run's jump, not the mean of a resample: the runs' jumps differ by more than their
+                # noise where the jump changes with the drop's place, and a new schedule drops at a new place
+                d1_obs, final, k = obs[int(rng.integers(0, len(obs)))]
+                jump = final - float(f_at(d1_obs)) + noise(k)  # with the observed final's own noise
             else:
-                jump = obs[int(rng.integers(0, len(obs)))] * at_drop
-            finals[factor][b] = min(AP_MAX, at_drop + jump + noise(n_seeds))
-    return {"finals": finals, "grid": grid, "notes": {f: sources[f][2] for f in factors}}
+                jump = obs[int(rng.integers(0, len(obs)))]
+            finals[factor][b] = min(AP_MAX, max(0.0, at_drop + jump + noise(n_seeds) + extrapolation(d1)))
+    notes = {}
+    for f in factors:
+        unchecked = not len(errors) and sched.drop_iters(f, iters_1x)[0] / iters_1x > last
+        notes[f] = "; ".join(n for n in (sources[f][2], UNCHECKED_NOTE if unchecked else None) if n) or None
+    return {"finals": finals, "grid": grid, "notes": notes}
 
 
 def _quantiles(samples) -> tuple:
@@ -378,6 +467,10 @@ def _check_curves(study: StudyResults, arms: list) -> None:
     if not any(len(run.evals) for run in study.runs):
         raise UserError(f"{study.path}: no run has an evaluation yet (metrics.jsonl); nothing to forecast")
     if not any(arm.fits for arm in arms):
+        refused = next((a for a in arms if a.broken is not None or len(a.x) >= MIN_POINTS), None)
+        if refused is not None:
+            raise UserError(f"{study.path}: no arm can be forecast; {refused.init}, train_size "
+                            f"{refused.train_size}: {refused.note}")
         most = max(arms, key=lambda a: len(a.x))
         raise UserError(f"{study.path}: too few evaluations to fit a curve: the most any arm has before its "
                         f"first LR drop is {len(most.x)} ({most.init}, train_size {most.train_size}); "
