@@ -393,15 +393,19 @@ def _arm_samples(arm: Arm, arms: list, factors: list, grid_x, iters_1x: int, n_b
     errors = np.abs(prefix_errors(arm))
     last = float(arm.x.max())
 
-    def extrapolation(x):
-        """One draw of the prefix error at horizon log(x / last), either sign: the sign on a short prefix does not
-        tell which way the plateau is missed (module docstring)."""
-        if not len(errors) or x <= last:
-            return 0.0
-        return float(rng.choice(errors)) * math.log(x / last) * float(rng.choice((-1.0, 1.0)))
+    # One replicate is one possible future of the arm, so what it draws holds for all its schedules: one
+    # extrapolation slope (a prefix error of either sign: a short prefix's sign does not tell which way the plateau
+    # is missed, module docstring) and one pick among the jump observations (u). Only the evaluation noise is drawn
+    # per cell. The forecasts then move together along the schedules, as the catch-up's comparisons need.
+    slopes = rng.choice(errors, size=n_boot) * rng.choice((-1.0, 1.0), size=n_boot) if len(errors) else np.zeros(n_boot)
+    picks = rng.random(n_boot)
 
     for b in range(n_boot):
         fit = arm.fits[chosen[b]]
+
+        def extrapolation(x, slope=slopes[b]):
+            return float(slope) * math.log(x / last) if x > last else 0.0
+
         # residuals inflated for the fitted parameters (n / (n - k)), then resampled onto the fitted curve
         res = np.asarray(fit.residuals) * math.sqrt(n / (n - N_PARAMS))
         y_star = curve_value(fit.family, fit.params, arm.x) + rng.choice(res, size=n)
@@ -422,10 +426,10 @@ def _arm_samples(arm: Arm, arms: list, factors: list, grid_x, iters_1x: int, n_b
             if kind == "own":
                 # one observed run's jump, not the mean of a resample: the runs' jumps differ by more than their
                 # noise where the jump changes with the drop's place, and a new schedule drops at a new place
-                d1_obs, final, k = obs[int(rng.integers(0, len(obs)))]
+                d1_obs, final, k = obs[int(picks[b] * len(obs))]
                 jump = final - float(f_at(d1_obs)) + noise(k)  # with the observed final's own noise
             else:
-                jump = obs[int(rng.integers(0, len(obs)))]
+                jump = obs[int(picks[b] * len(obs))]
             finals[factor][b] = min(AP_MAX, max(0.0, at_drop + jump + noise(n_seeds) + extrapolation(d1)))
     notes = {}
     for f in factors:
