@@ -1,24 +1,29 @@
 """`rethink study --adaptive`, replayed on finished studies: what it would stop, what it would train, and whether
 its verdicts equal the full study's.
 
-    python benchmarks/bench_adaptive.py [--study DIR ...]
+    python benchmarks/bench_adaptive.py [--study DIR ...] [--no-planted]
 
-The replay follows study/adaptive.py segment by segment: at each share of the trunks' iterations the study is cut
-where the unsettled trunks would stop (forecast.truncate_study: a run of T iterations is done once its trunk
-passes T), forecast, and settled by adaptive.settle. A settled size keeps its cut; its runs that were not done
-there get the forecast as their final AP, as settled.json gives the report. The replayed study's findings are then
-compared with the full study's, and the iterations it trains (each run's own: a fork starts at its trunk's
-checkpoint) with the iterations the full study trained. The replay is exact when a trunk stopped at k has the full
-trunk's curve up to k, which holds for seeded runs on one machine (a resumed run continues the same trajectory).
+The replay follows study/adaptive.py segment by segment, with its decision functions (adaptive.unforecastable and
+adaptive.decide, judged by pipeline.report_judge, as `rethink study --adaptive` does): at each share of the
+trunks' iterations the study is cut where the unsettled trunks would stop (forecast.truncate_study: a run of T
+iterations is done once its trunk passes T; a fork whose fork point is reached runs whole, as the adaptive study
+runs it), the runs settled earlier read as settled, forecast unless no size can settle, and decided. A settled
+size keeps its cut, and its runs that were not done there read as their settled.json would make them
+(adaptive.with_settled). The replayed study's verdicts (every finding's status, every source and `other` group)
+are then compared with the full study's, and the iterations it trains (each run's own: a fork starts at its
+trunk's checkpoint) with the iterations the full study trained. The replay is exact when a trunk stopped at k has
+the full trunk's curve up to k, which holds for seeded runs on one machine.
 
 Studies: the report's fixture (tests/report/study_fixture.py: planted curves, one geometry where random catches
-up on the full set and one where it does not), and any real study directories given with --study (a demo's
-`runs/demo/study`, for example). The last line printed is one JSON object.
+up on the full set and one where it does not), two planted three-seed studies with a wide seed-to-seed spread
+(where a size's catch-up settles early and whether another finding does is the question), and any real study
+directories given with --study (a demo's `runs/demo/study`, for example). The last line printed is one JSON object.
 """
 
 import argparse
 import dataclasses
 import json
+import math
 import sys
 import tempfile
 from pathlib import Path
@@ -29,14 +34,14 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 sys.path.insert(0, str(REPO / "tests" / "report"))
 
-from rethink import schedule as sched  # noqa: E402
 from rethink.errors import UserError  # noqa: E402
-from rethink.report.findings import summarize  # noqa: E402
-from rethink.study.results import _settled_final, load_results  # noqa: E402
-from rethink.study.adaptive import SEGMENTS, segment_stop, settle  # noqa: E402
+from rethink.pipeline import report_judge  # noqa: E402
+from rethink.study.adaptive import SEGMENTS, decide, segment_stop, unforecastable, with_settled  # noqa: E402
 from rethink.study.forecast import forecast_study, truncate_study  # noqa: E402
+from rethink.study.plan import other_key  # noqa: E402
+from rethink.study.results import load_results  # noqa: E402
 
-VERDICTS = ("converges_faster", "catches_up", "small_data_hurts_random", "localization")
+HEADLINE = ("converges_faster", "catches_up", "small_data_hurts_random", "localization")
 
 
 def eval_period(run) -> int:
@@ -52,55 +57,64 @@ def own_iters(run, reached) -> int:
     return max(0, (reached or 0) - (start or 0))
 
 
-def replay(study) -> dict:
-    groups = {}
+def cut_as_adaptive(study, cuts: dict):
+    """The study where each group's trunks stopped at cuts[(train_size, other_key)]: truncate_study, except that
+    a fork whose fork point the trunk reached is done (the adaptive study runs it whole in that segment)."""
+    cut = truncate_study(study, cuts)
+    runs = []
+    for r, full in zip(cut.runs, study.runs):
+        c = cuts.get((r.train_size, r.other_key))
+        whole = c is not None and full.trunk and full.fork_iter is not None and full.fork_iter <= c
+        runs.append(full if whole and full.state == "done" else r)
+    return dataclasses.replace(study, runs=runs)
+
+
+def replay(study, judge=report_judge) -> dict:
+    """`rethink study --adaptive` on a finished study (module docstring): its decisions, iterations and verdicts."""
+    trunks = {}
     for r in study.runs:
-        groups.setdefault((r.train_size, r.other_key), []).append(r)
-    trunks = {g: max(runs, key=lambda r: r.iters or 0) for g, runs in groups.items()}
-    settled: dict = {}  # group -> (cut, decision, cells by (init, schedule))
-    log = []
+        g = (r.train_size, r.other_key)
+        if g not in trunks or (r.iters or 0) > (trunks[g].iters or 0):
+            trunks[g] = r
+    group = {(str(g[0]), g[1]): g for g in trunks}  # a decision's (train_size, other) -> the cut's key
+
+    def group_of(d):
+        return group[(str(d["train_size"]), other_key(d.get("other") or {}))]
+
+    cuts_settled, finals, log = {}, {}, []
     for share in SEGMENTS:
-        cuts = {g: settled[g][0] if g in settled else segment_stop(t.iters, share, eval_period(t))
-                for g, t in trunks.items()}
-        cut_study = truncate_study(study, cuts)
+        cuts = {g: cuts_settled.get(g, segment_stop(t.iters, share, eval_period(t))) for g, t in trunks.items()}
+        now = with_settled(cut_as_adaptive(study, cuts), finals)
+        blocked = unforecastable(now, judge)
+        if not blocked:
+            break  # every size done or settled
+        if all(blocked.values()):
+            log.append({"share": share, "note": "no size can settle yet: " + "; ".join(
+                f"train_size {g[0]}: {why}" for g, why in blocked.items())})
+            continue
         try:
-            forecast = forecast_study(cut_study)
+            forecast = forecast_study(now)
         except UserError as e:
             log.append({"share": share, "note": str(e)})
             continue
-        planned = {(r.init, str(r.train_size), sched.format_schedule(r.schedule_factor)) for r in study.runs}
-        for cell in forecast["cells"]:
-            cell["planned"] = (cell["init"], str(cell["train_size"]), cell["schedule"]) in planned
-        for d in settle(forecast, study.margin_ap):
-            g = next(g for g in groups if str(g[0]) == str(d["train_size"])
-                     and json.loads(g[1]) == (d.get("other") or {}))
-            if g in settled or cuts[g] >= trunks[g].iters:
-                continue
-            cells = {(c["init"], c["schedule"]): c for c in forecast["cells"] if str(c["train_size"]) == str(g[0])}
-            settled[g] = (cuts[g], d, cells)
+        decisions, held = decide(now, forecast, study.margin_ap, judge)
+        for d in decisions:
+            g = group_of(d)
+            cuts_settled[g] = cuts[g]
+            finals.update(d["finals"])
             log.append({"share": share, "train_size": d["train_size"], "verdict": d["verdict"], "cut": cuts[g],
                         "random": d["random"], "pretrained_best": d["pretrained_best"]})
-    cuts = {g: settled[g][0] for g in settled}
-    cut_study = truncate_study(study, cuts)
-    runs, trained, full = [], 0, 0
-    for r, orig in zip(cut_study.runs, study.runs):
-        g = (r.train_size, r.other_key)
-        full += own_iters(orig, orig.iters if orig.state == "done" else orig.last_iter)
-        if g in settled and r.state != "done":
-            cell = settled[g][2].get((r.init, sched.format_schedule(r.schedule_factor)))
-            info = {"predicted_final_ap": cell["predicted_final_ap"], "interval": cell["interval"],
-                    "stopped_at_iter": r.last_iter if r.trunk is None else None}
-            r = dataclasses.replace(r, state="done", settled=info, final=_settled_final(info, r.evals))
-            trained += own_iters(r, r.last_iter) if r.evals and (r.trunk is None or r.last_iter > r.fork_iter) else 0
-        else:
-            trained += own_iters(r, r.iters if r.state == "done" else r.last_iter)
-        runs.append(r)
-    adaptive = summarize(dataclasses.replace(study, runs=runs))["findings"]
-    reference = summarize(study)["findings"]
-    verdicts = {k: {"full": reference[k]["status"], "adaptive": adaptive[k]["status"]} for k in VERDICTS}
+        log += [{"share": share, "cut": cuts[group_of(h)], **h, "held": True} for h in held]
+    adaptive = with_settled(cut_as_adaptive(study, cuts_settled), finals)
+    trained = sum(own_iters(r, r.iters if r.state == "done" and r.settled is None else r.last_iter)
+                  for r in adaptive.runs)
+    full = sum(own_iters(r, r.iters if r.state == "done" else r.last_iter) for r in study.runs)
+    want, got = judge(study)["statuses"], judge(adaptive)["statuses"]
+    verdicts = {k: {"full": want[k], "adaptive": got.get(k)} for k in want}
     return {"decisions": log, "iters_trained": trained, "iters_full": full,
             "share": trained / full if full else None, "verdicts": verdicts,
-            "same_verdicts": all(v["full"] == v["adaptive"] for v in verdicts.values())}
+            "same_verdicts": all(v["full"] == v["adaptive"] for v in verdicts.values()),
+            "settled_finals": {n: {k: v for k, v in f.items() if k != "interval"} for n, f in finals.items()}}
 
 
 def fixture_studies(root: Path) -> dict:
@@ -115,25 +129,53 @@ def fixture_studies(root: Path) -> dict:
     }
 
 
+def planted_studies(root: Path) -> dict:
+    """Three seeds whose curves differ by a persistent offset (spread SPREAD AP); at 500 images random stays well
+    behind, so its catch-up settles early, and small_data_hurts_random's paired interval is as wide as the spread
+    makes it: clear of the margin with a small spread, straddling it with a wide one."""
+    from study_fixture import make_study, plateau, tau
+
+    def curve(spread):
+        def ap(t, *, init, images, drops, seed):
+            d1, d2 = drops
+            level = 1.0 - math.exp(-min(t, d1) / tau(init, ("random", "pretrain")))
+            level += (0.07 if t > d1 else 0.0) + (0.01 if t > d2 else 0.0)
+            offset = spread * math.sin(2.1 * seed + (0.0 if init == "random" else 1.3))
+            return plateau(init, images, ("random", "pretrain")) * level + offset
+        return ap
+
+    return {f"planted, three seeds, spread {spread:g} AP":
+            make_study(root / f"planted{spread:g}", schedules=("2x", "4x", "8x"), sizes=(500, "full"),
+                       seeds=(0, 1, 2), margin_ap=1.0, ap_fn=curve(spread))
+            for spread in (0.5, 2.0)}
+
+
+def show(name: str, r: dict) -> None:
+    changed = [f"{k}: {v['full']} -> {v['adaptive']}" for k, v in r["verdicts"].items() if v["full"] != v["adaptive"]]
+    headline = [f"{k} {v['full']}" for k, v in r["verdicts"].items() if k.split(" ")[0] in HEADLINE]
+    print(f"{name}: trains {r['iters_trained']:,} of {r['iters_full']:,} iterations ({r['share']:.2f}); verdicts "
+          + ("the same: " + ", ".join(headline) if not changed else "DIFFER: " + "; ".join(changed)))
+    for d in r["decisions"]:
+        if "note" in d:
+            continue
+        what = "held" if d.get("held") else "settled"
+        print(f"  at {d['share']:.0%} (iteration {d['cut']:,}): train_size {d['train_size']} {what}, random "
+              f"{d['verdict']} the margin" + (f": {d['reason']}" if d.get("held") else
+                                               f", random [{d['random'][0]:.1f}, {d['random'][1]:.1f}]"))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--study", action="append", default=[], help="a finished study directory (repeatable)")
+    parser.add_argument("--no-planted", action="store_true", help="only the studies given with --study")
     args = parser.parse_args()
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
-        studies = fixture_studies(Path(tmp))
+        studies = {} if args.no_planted else {**fixture_studies(Path(tmp)), **planted_studies(Path(tmp))}
         studies.update({str(p): Path(p) for p in args.study})
         for name, path in studies.items():
-            r = replay(load_results(path))
-            results[name] = r
-            print(f"{name}: trains {r['iters_trained']:,} of {r['iters_full']:,} iterations ({r['share']:.2f}); "
-                  f"verdicts {'the same' if r['same_verdicts'] else 'DIFFER'}: "
-                  + ", ".join(f"{k} {v['full']}" + ("" if v["full"] == v["adaptive"] else f" -> {v['adaptive']}")
-                              for k, v in r["verdicts"].items()))
-            for d in r["decisions"]:
-                if "verdict" in d:
-                    print(f"  at {d['share']:.0%} (iteration {d['cut']:,}): train_size {d['train_size']} settled, "
-                          f"random {d['verdict']} the margin, random {d['random']}")
+            results[name] = replay(load_results(path))
+            show(name, results[name])
     print(json.dumps(results, default=str))
 
 

@@ -7,16 +7,19 @@ this pipeline, over study and report, over engine, over models, over data, confi
 """
 
 import dataclasses
+import json
 import sys
 from pathlib import Path
 
 from rethink.engine.loop import available_cores
 from rethink.errors import UserError
 from rethink.fileio import atomic_write_text
+from rethink.report.findings import all_verdicts, summarize
 from rethink.report.render import write_report
 from rethink.study import store
 from rethink.study.adaptive import run_adaptive
-from rethink.study.plan import StudyPlan, load_plan
+from rethink.study.plan import StudyPlan, load_plan, other_key
+from rethink.study.results import RANDOM, StudyResults
 from rethink.study.run import default_jobs, run_local, run_slurm
 
 
@@ -112,6 +115,29 @@ def check_pretrain_data(study: StudyPlan, out: Path, overrides=()) -> None:
                             f"{study.pretrain[name].name} are relative to the folder you run in){hint}")
 
 
+def report_judge(study: StudyResults) -> dict:
+    """What `rethink study --adaptive` must not change (study/adaptive.py `decide`): the status of every finding the
+    report draws, for every pretrained source and `other` group, and the runs those findings read beyond a final box
+    AP, which a forecast does not give: localization the AP50 and AP75 of the runs at its schedule (their measured
+    final: until_iter None), converges_faster the curves of the longest schedule up to their first LR drop."""
+    statuses, needs = {}, []
+    for v in all_verdicts(summarize(study)):
+        label = v["source"] + (f", {json.dumps(v['other'], sort_keys=True)}" if v["other"] else "")
+        runs = [r for r in study.runs if r.other_key == other_key(v["other"]) and r.init in (v["source"], RANDOM)]
+        for key, finding in v["findings"].items():
+            statuses[f"{key} ({label})"] = finding["status"]
+        loc, fast = v["findings"]["localization"], v["findings"]["converges_faster"]
+        if loc.get("schedule") is not None:
+            needs += [{"finding": "localization", "run": r.name, "until_iter": None} for r in runs
+                      if r.schedule == loc["schedule"] and r.train_size == loc["train_size"]]
+        at_size = [r for r in runs if r.train_size == fast.get("train_size")]
+        if at_size:
+            longest = fast.get("curve_schedule") or max(at_size, key=lambda r: r.schedule_factor).schedule
+            needs += [{"finding": "converges_faster", "run": r.name, "until_iter": r.drops[0] if r.drops else r.iters}
+                      for r in at_size if r.schedule == longest]
+    return {"statuses": statuses, "needs": needs}
+
+
 def run_study(study_path: Path, out: Path, executor: str = "local", jobs: int | None = None, nproc: int = 1,
               slurm: dict | None = None, progress: bool = True, overrides=(), pretrain_overrides=(),
               share_trunks: bool = True, adaptive: bool = False) -> int:
@@ -129,7 +155,7 @@ def run_study(study_path: Path, out: Path, executor: str = "local", jobs: int | 
         store.write_index(out, study)
         run_pretrain_steps(study, out, pretrain_overrides, progress)
         if adaptive:
-            errors = run_adaptive(study, out, jobs or default_jobs(), progress)
+            errors = run_adaptive(study, out, jobs or default_jobs(), report_judge, progress)
         elif executor == "local":
             errors = run_local(study, out, jobs or default_jobs(), 1, progress)
         elif executor == "torchrun":

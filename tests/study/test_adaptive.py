@@ -1,6 +1,9 @@
-"""`rethink study --adaptive`: the settle rule on planted forecasts, and a real tiny adaptive study that stops its
-trunks once settled, reports the forecasts it used, and ends the same when killed and restarted."""
+"""`rethink study --adaptive`: the settle rule on planted forecasts, the check that a settled size changes no verdict
+of the report (planted studies of the report's fixture), and a real tiny adaptive study that stops its trunks once
+settled, reports the forecasts it used, and ends the same when killed and restarted."""
 
+import json
+import math
 import os
 import random
 import signal
@@ -13,8 +16,15 @@ import pytest
 
 from conftest import run_cli, same, write_tiny_study
 from rethink.fileio import read_json, read_jsonl
-from rethink.study.adaptive import segment_stop, settle
+from rethink.pipeline import report_judge
+from rethink.study.adaptive import (SEGMENTS, SUBSTITUTIONS, decide, segment_stop, settle, unforecastable,
+                                    with_settled)
+from rethink.study.forecast import truncate_study
+from rethink.study.results import _settled_final, load_results
 from rethink.study.store import state_of
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "report"))
+from study_fixture import make_study  # noqa: E402
 
 
 def cell(init, schedule, iters, interval=None, observed=None, size="full"):
@@ -80,16 +90,106 @@ def test_an_arm_with_no_plateau_in_sight_settles_only_what_holds_whatever_its_pl
     assert d["verdict"] == "within" and d["pretrained_best"]["pre"]["interval"] == [9.0, 100.0]
 
 
+# `decide` on the report's fixture (tests/report/study_fixture.py): 2x/4x, 500 images and the full set, three seeds
+# whose curves differ by a persistent offset (noise_ap 1.0: 1.0 * sin(1.7 * seed + the arm's phase) AP). At 500
+# images random init is ~5 AP behind; its 4x trunks (3,600 iterations, first LR drop at 3,000) stop half-way.
+TRUNKS_500 = [f"{init}_4x_500_s{seed}" for init in ("random", "pretrain") for seed in (0, 1, 2)]
+
+
+def fixture_study(root: Path, running=()) -> Path:
+    return make_study(root, schedules=("2x", "4x"), sizes=(500, "full"), seeds=(0, 1, 2), noise_ap=1.0,
+                      states={name: "running" for name in running})
+
+
+def forecast_of(size, random_iv, pretrained_iv) -> dict:
+    """A planted forecast of one size: its 2x forks measured, its 4x trunks forecast."""
+    return {"cells": [cell("random", "2x", 1800, observed=30.0, size=size),
+                      cell("random", "4x", 3600, random_iv, size=size),
+                      cell("pretrain", "2x", 1800, observed=39.5, size=size),
+                      cell("pretrain", "4x", 3600, pretrained_iv, size=size)]}
+
+
+def test_a_settled_catch_up_does_not_settle_a_size_whose_other_verdict_turns_within_the_intervals(tmp_path):
+    study = load_results(fixture_study(tmp_path, running=TRUNKS_500))
+    # random's 4x interval lies wholly below pretrained's best minus the margin (37.9 < 39.0 - 1): the catch-up
+    # verdict is settled, "behind"
+    forecast = forecast_of(500, [33.0, 37.9], [39.0, 40.0])
+    assert [d["verdict"] for d in settle(forecast, 1.0)] == ["behind"]
+    # small_data_hurts_random, on the three seeds' best AP, holds with random at its forecast (35.45 AP) and not with
+    # random at the top of its interval (37.9: the paired interval then straddles the 1 AP margin): not settled
+    decisions, held = decide(study, forecast, 1.0, report_judge)
+    assert decisions == []
+    assert held == [{"train_size": 500, "other": {}, "verdict": "behind",
+                     "reason": "small_data_hurts_random (pretrain): holds at the forecast, not_enough_evidence "
+                               "with all high"}]
+
+
+def test_a_size_settles_when_no_verdict_turns_and_each_seed_keeps_its_offset(tmp_path):
+    full = load_results(fixture_study(tmp_path / "full"))
+    stopped_dir = fixture_study(tmp_path / "stopped", running=TRUNKS_500)
+    forecast = forecast_of(500, [34.0, 35.0], [39.0, 40.0])
+    (d,), held = decide(load_results(stopped_dir), forecast, 1.0, report_judge)
+    assert held == [] and d["verdict"] == "behind" and d["substitutions"] == len(SUBSTITUTIONS) == 7
+    assert sorted(d["finals"]) == sorted(TRUNKS_500)
+    # each seed's final: the arm's forecast plus the seed's offset at iteration 1,800, the latest evaluation of all
+    # three trunks: the fixture's per-seed noise less its mean over the seeds
+    for init, phase, forecast_ap in (("random", 0.0, 34.5), ("pretrain", 1.0, 39.5)):
+        noise = [math.sin(1.7 * seed + phase) for seed in (0, 1, 2)]
+        for seed in (0, 1, 2):
+            info = d["finals"][f"{init}_4x_500_s{seed}"]
+            assert info["predicted_final_ap"] == forecast_ap
+            assert info["seed_offset"] == pytest.approx(noise[seed] - sum(noise) / 3, abs=1e-9)
+            assert info["seed_final_ap"] == pytest.approx(forecast_ap + info["seed_offset"], abs=1e-9)
+    random_finals = [d["finals"][f"random_4x_500_s{s}"]["seed_final_ap"] for s in (0, 1, 2)]
+    assert [round(ap, 3) for ap in random_finals] == [34.255, 35.246, 33.999]
+    # settled.json carries them to the report: study/results.py reads each seed's own final AP
+    for name, info in d["finals"].items():
+        (stopped_dir / "runs" / name / "settled.json").write_text(json.dumps({"status": "settled", **info}))
+    runs = {r.name: r for r in load_results(stopped_dir).runs}
+    for name, info in d["finals"].items():
+        assert runs[name].state == "done" and runs[name].final["final"]["bbox/AP"] == info["seed_final_ap"]
+        assert _settled_final(info, runs[name].evals)["final"]["bbox/AP"] == info["seed_final_ap"]
+    # and the report's verdicts on the settled study are the full study's
+    assert report_judge(load_results(stopped_dir))["statuses"] == report_judge(full)["statuses"] == {
+        "converges_faster (pretrain)": "holds", "catches_up (pretrain)": "not_enough_evidence",
+        "small_data_hurts_random (pretrain)": "holds", "localization (pretrain)": "not_enough_evidence"}
+    # with_settled reads the same as the files do
+    assert report_judge(with_settled(load_results(fixture_study(tmp_path / "again", running=TRUNKS_500)),
+                                     d["finals"]))["statuses"] == report_judge(full)["statuses"]
+
+
+def test_what_a_forecast_does_not_give_holds_the_size_that_is_read(tmp_path):
+    study = load_results(fixture_study(tmp_path))
+    forecast = {"cells": [cell("random", "2x", 1800, observed=40.0), cell("random", "4x", 3600, [40.5, 41.5]),
+                          cell("pretrain", "2x", 1800, observed=40.5), cell("pretrain", "4x", 3600, [40.8, 41.3])]}
+    assert [d["verdict"] for d in settle(forecast, 1.0)] == ["within"]
+    # the full set's 4x trunks stopped past their first LR drop (3,000): converges_faster has its curves, but
+    # localization reads the AP50 and AP75 of the runs at 4x (where random is closest), and a forecast is box AP only
+    decisions, (held,) = decide(truncate_study(study, {("full", "{}"): 3200}), forecast, 1.0, report_judge)
+    assert decisions == [] and held["reason"] == (
+        "localization reads random_4x_full_s0's measured final (AP50, AP75), which a forecast does not give")
+    # stopped before the drop, converges_faster's curves are cut too
+    early = truncate_study(study, {("full", "{}"): 1800})
+    _, (held,) = decide(early, forecast, 1.0, report_judge)
+    assert held["reason"] == (
+        "localization reads random_4x_full_s0's measured final (AP50, AP75); converges_faster reads "
+        "random_4x_full_s0's curve to iteration 3,000 (it stops at 1,800), which a forecast does not give")
+    # which the study knows before it forecasts (its runs read at their best AP so far): no forecast is made
+    assert unforecastable(early, report_judge) == {("full", "{}"): held["reason"]}
+    assert unforecastable(truncate_study(study, {(500, "{}"): 1800}), report_judge) == {("500", "{}"): None}
+
+
 def write_adaptive_study(root: Path, coco_data: Path, margin: float) -> Path:
-    matrix = {"solver.schedule": ["2x", "4x"], "data.train_size": ["full"], "seed": [0]}
+    matrix = {"solver.schedule": ["2x", "4x"], "data.train_size": [12, "full"], "seed": [0]}
     return write_tiny_study(root, coco_data, matrix, {"eval_period": 2, "checkpoint_period": 2, "log_period": 2},
                             name="adaptive", report={"margin_ap": margin})
 
 
 @pytest.fixture(scope="module")
 def adaptive_study(coco_data, tmp_path_factory):
-    # a margin of 100 AP: whatever the tiny curves, random's forecast is within it, so the study settles as soon
-    # as the forecast has enough evaluations (what is tested is the machinery, not the tiny model's AP)
+    # a margin of 100 AP: whatever the tiny curves, random's forecast is within it and no verdict turns on the 12-image
+    # size's values, so that size settles as soon as the forecast has enough evaluations (what is tested is the
+    # machinery, not the tiny model's AP). The full set runs to its end: localization and converges_faster read it.
     root = tmp_path_factory.mktemp("adaptive")
     path = write_adaptive_study(root, coco_data, margin=100.0)
     out = root / "out"
@@ -101,26 +201,35 @@ def test_adaptive_study_stops_settled_trunks_and_reports_why(adaptive_study):
     _, out, result = adaptive_study
     assert result.returncode == 0, result.stderr[-2000:]
     (decision,) = read_json(out / "adaptive.json")["decisions"]
-    assert decision["verdict"] == "within" and decision["share"] == 0.3
+    assert decision["train_size"] == 12 and decision["verdict"] == "within" and decision["share"] in SEGMENTS
+    assert decision["substitutions"] == len(SUBSTITUTIONS) * 5  # each of the full set's five
+    stop = segment_stop(48, decision["share"], 2)
     index = {r["name"]: r for r in read_json(out / "study.json")["runs"]}
-    trunks = [r for r in index.values() if r["schedule"] == "4x"]
-    forks = [r for r in index.values() if r["schedule"] == "2x"]
-    # the 4x trunks (48 iterations) stopped at the 30% segment (iteration 16), their verdict settled...
-    assert all(r["state"] == "settled" and "within the 100 AP margin" in r["reason"] for r in trunks)
+    small = [r for r in index.values() if r["train_size"] == 12]
+    trunks = [r for r in small if r["schedule"] == "4x"]
+    forks = [r for r in small if r["schedule"] == "2x"]
+    # the 12-image 4x trunks (48 iterations) stopped at the segment that settled them...
+    assert len(trunks) == 2 and all(r["state"] == "settled" and "within the 100 AP margin" in r["reason"]
+                                    for r in trunks)
     for r in trunks:
         run = out / r["path"]
-        assert max(row["iter"] for row in read_jsonl(run / "metrics.jsonl")) == 16
-        assert not (run / "final.json").exists() and (run / "checkpoints" / "iter_0000016.pt").exists()
-        assert read_json(run / "settled.json")["stopped_at_iter"] == 16
-    # ...and the 2x forks, which fork at iteration 16 (2x's first LR drop), ran whole: they teach the forecast the
-    # jump of the tail both schedules share
-    assert all(r["state"] == "done" for r in forks)
+        assert max(row["iter"] for row in read_jsonl(run / "metrics.jsonl")) == stop
+        assert not (run / "final.json").exists() and (run / "checkpoints" / f"iter_{stop:07d}.pt").exists()
+        settled = read_json(run / "settled.json")
+        # one seed: its offset from the arm's mean is 0, its final AP the arm's forecast
+        assert settled["stopped_at_iter"] == stop and settled["seed_offset"] == 0.0
+        assert settled["seed_final_ap"] == settled["predicted_final_ap"]
+    # ...the 2x forks, which fork at iteration 16 (2x's first LR drop), ran whole: they teach the forecast the jump of
+    # the tail both schedules share; and the full set ran to its end
+    assert stop >= 16 and all(r["state"] == "done" for r in forks)
+    assert all(r["state"] == "done" for r in index.values() if r["train_size"] == "full")
     summary = read_json(out / "report" / "summary.json")
     runs = {r["name"]: r for r in summary["runs"]}
-    assert all(runs[r["name"]]["settled"] for r in trunks) and not any(runs[r["name"]]["settled"] for r in forks)
+    assert all(runs[r["name"]]["settled"] for r in trunks)
+    assert not any(r["settled"] for r in runs.values() if r["name"] not in {t["name"] for t in trunks})
     adaptive = summary["adaptive"]
-    # iterations trained: 2 trunks x 16 + 2 forks x (24 - 16), of 2 x 48 + 2 x 8 planned
-    assert adaptive["iters_trained"] == 48 and adaptive["iters_planned"] == 112
+    # iterations trained: 2 stopped trunks + 2 full-set trunks x 48 + 4 forks x (24 - 16), of 4 x 48 + 4 x 8 planned
+    assert adaptive["iters_trained"] == 2 * stop + 96 + 32 and adaptive["iters_planned"] == 224
     report = (out / "report" / "report.md").read_text()
     assert "adaptive" in report.lower() and "forecast" in report.lower()
 

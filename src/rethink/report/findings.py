@@ -516,7 +516,10 @@ def adaptive_record(study: StudyResults) -> dict | None:
     return {"decisions": decisions, "iters_planned": planned, "iters_trained": trained,
             "settled_runs": [{"name": r.name, "reason": r.settled.get("reason"),
                               "stopped_at_iter": r.settled.get("stopped_at_iter"),
-                              "predicted_final_ap": r.settled.get("predicted_final_ap"),
+                              # the value the tables and verdicts use: this seed's (the arm's forecast plus the
+                              # seed's offset, study/adaptive.py) where settled.json has it
+                              "predicted_final_ap": _final_ap(r),
+                              "seed_offset": r.settled.get("seed_offset"),
                               "interval": r.settled.get("interval"), "skipped": bool(r.settled.get("skipped"))}
                              for r in study.runs if r.settled is not None]}
 

@@ -359,8 +359,12 @@ def adaptive_sentences(summary: dict) -> list[str]:
     for r in a["settled_runs"]:
         what = "skipped" if r["skipped"] else f"stopped at iteration {fmt_int(r['stopped_at_iter'])}"
         iv = r.get("interval") or [None, None]
+        offset = r.get("seed_offset")
+        seed = (f", the arm's {fmt_ap(r['predicted_final_ap'] - offset)} plus this seed's offset {offset:+.1f} AP"
+                if offset else "")
         out.append(f"{r['name']} {what}; its final AP in the tables and verdicts is the forecast "
-                   f"{fmt_ap(r['predicted_final_ap'])} (80% interval {fmt_ap(iv[0])}-{fmt_ap(iv[1])}): {r['reason']}.")
+                   f"{fmt_ap(r['predicted_final_ap'])}{seed} (the arm's 80% interval {fmt_ap(iv[0])}-{fmt_ap(iv[1])}): "
+                   f"{r['reason']}.")
     return out
 
 

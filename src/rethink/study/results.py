@@ -188,9 +188,11 @@ def _load_run(study_dir: Path, index: int, entry: dict) -> RunRecord:
 
 
 def _settled_final(settled: dict, evals: list) -> dict:
-    """final.json's place for a run an adaptive study stopped: the forecast final AP, the best measured so far
-    (or the forecast, if higher), and the work done until the stop."""
-    predicted = settled["predicted_final_ap"]
+    """final.json's place for a run an adaptive study stopped: the forecast final AP (this seed's, seed_final_ap,
+    where settled.json has it: the arm's forecast plus the seed's offset), the best measured so far (or the
+    forecast, if higher), and the work done until the stop."""
+    predicted = settled.get("seed_final_ap")
+    predicted = settled["predicted_final_ap"] if predicted is None else predicted
     measured = [r for r in evals if isinstance(r.get(PRIMARY), (int, float)) and math.isfinite(r[PRIMARY])]
     best_row = max(measured, key=lambda r: r[PRIMARY]) if measured else None
     best = {PRIMARY: predicted}
