@@ -11,8 +11,8 @@ import pytest
 from rethink import schedule as sched
 from rethink.errors import UserError
 from rethink.study.results import load_results
-from rethink.study.forecast import (curve_value, fit_curve, forecast_curves, forecast_study, parse_schedules,
-                                    truncate_study)
+from rethink.study.curves import curve_value, fit_curve
+from rethink.study.forecast import forecast_curves, forecast_study, parse_schedules, truncate_study
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "report"))
 from study_fixture import make_study  # noqa: E402
@@ -140,9 +140,9 @@ def test_cut_curve_forecasts_the_planted_final_inside_its_interval(tmp_path, fra
 def test_a_curve_with_no_plateau_in_sight_is_flagged_not_trusted(tmp_path, monkeypatch):
     # random planted as a straight line (1 + 5t AP, t in units of 1x: a curve that has not started to bend, as the
     # demo's are at 40% of their trunk); pretrained saturating
-    from rethink.study import forecast
+    from rethink.study import curves
 
-    monkeypatch.setitem(forecast._FUNCS, "line", lambda x, a, b, _: a + b * x)
+    monkeypatch.setitem(curves._FUNCS, "line", lambda x, a, b, _: a + b * x)
     monkeypatch.setitem(PLANTED, "random", {"family": "line", "params": (1.0, 5.0, 0.0), "jump": 2.0})
     study = load_results(write_planted(tmp_path, noise=0.3))
     result = forecast_study(truncate_study(study, {("full", "{}"): int(0.4 * sched.total_iters(8.0, ITERS_1X))}))
@@ -266,7 +266,8 @@ def test_cli_json_shape(tmp_path):
 def test_a_borrowed_jump_comes_from_the_nearest_training_set_size():
     """400 images with no finished run of its tail borrows the LR-drop jump from 100 images (log distance 1.4), not
     from 2,000 (1.6): a small set over-fits in the tail where a large one gains."""
-    from rethink.study.forecast import Arm, CurveFit, jump_source
+    from rethink.study.curves import CurveFit
+    from rethink.study.forecast import Arm, jump_source
 
     tail = (300, 450)
     flat = CurveFit(family="exp", params=(40.0, 1e-6, 1.0), sse=0.0, n=5, residuals=(0.0,) * 5)

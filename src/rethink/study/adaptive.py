@@ -64,7 +64,8 @@ from rethink.engine import checkpoint as ckpt
 from rethink.errors import UserError
 from rethink.fileio import atomic_write_json, read_json
 from rethink.study import store
-from rethink.study.forecast import AP_MAX, forecast_study
+from rethink.study.curves import AP_MAX
+from rethink.study.forecast import forecast_study
 from rethink.study.plan import other_key
 from rethink.study.results import PRIMARY, RANDOM, StudyResults, _settled_final, load_results
 from rethink.study.run import run_local
